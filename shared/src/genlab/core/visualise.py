@@ -1,0 +1,95 @@
+"""Pictures: image grids, interpolation strips, latent traversals and animated GIFs of a sampling process.
+
+Every function takes images as floats in [0, 1], shape (N, C, H, W); ``to_unit`` converts the other ranges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+
+def to_unit(images: torch.Tensor, value_range: str) -> torch.Tensor:
+    """Images in a data value range ("unit", "signed", "binary", "uint8") -> floats in [0, 1]."""
+    if value_range == "signed":
+        images = (images + 1.0) / 2.0
+    elif value_range == "uint8":
+        images = images.float() / 255.0
+    return images.float().clamp(0.0, 1.0)
+
+
+def grid_image(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> Image.Image:
+    """A PIL image of a grid, ``nrow`` images per row (default: a square)."""
+    images = images.detach().float().clamp(0, 1).cpu()
+    nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
+    grid = make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)  # (3, H', W')
+    array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(array)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Write a PNG grid of images in [0, 1]."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid_image(images, nrow).save(path)
+    return path
+
+
+def slerp(start: torch.Tensor, end: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation, the path that keeps Gaussian latents at a typical norm.
+
+    start, end: (D,); weights: (T,) in [0, 1] -> (T, D).
+    """
+    cos_angle = torch.dot(start, end) / (start.norm() * end.norm()).clamp_min(1e-12)
+    angle = torch.arccos(cos_angle.clamp(-1.0, 1.0))
+    if angle.abs() < 1e-4:
+        return torch.lerp(start[None], end[None], weights[:, None])
+    w = weights[:, None]
+    return (torch.sin((1 - w) * angle) * start + torch.sin(w * angle) * end) / torch.sin(angle)
+
+
+def interpolate_latents(start: torch.Tensor, end: torch.Tensor, steps: int, spherical: bool = False) -> torch.Tensor:
+    """``steps`` latents from ``start`` to ``end`` inclusive, linearly or on the sphere: (steps, D)."""
+    weights = torch.linspace(0.0, 1.0, steps, device=start.device)
+    if spherical:
+        return slerp(start, end, weights)
+    return torch.lerp(start[None], end[None], weights[:, None])
+
+
+def latent_traversal(base: torch.Tensor, dimensions: Sequence[int], values: torch.Tensor) -> torch.Tensor:
+    """One row per latent dimension: ``base`` with that coordinate swept over ``values``.
+
+    base: (D,); values: (T,) -> (len(dimensions) * T, D), row-major, ready to decode into a grid.
+    """
+    rows = []
+    for dim in dimensions:
+        row = base[None].repeat(values.shape[0], 1)  # (T, D)
+        row[:, dim] = values
+        rows.append(row)
+    return torch.cat(rows)
+
+
+def manifold_grid(decode: Callable[[torch.Tensor], torch.Tensor], steps: int, device: torch.device) -> torch.Tensor:
+    """Decode a regular grid of a 2-d latent, spaced by the inverse CDF of N(0, 1) as in the VAE paper, Fig. 4.
+
+    Returns (steps * steps, C, H, W), row-major, the first latent varying down the rows.
+    """
+    quantiles = torch.linspace(0.5 / steps, 1 - 0.5 / steps, steps, device=device)
+    coordinates = torch.distributions.Normal(0.0, 1.0).icdf(quantiles)  # (steps,)
+    z1, z2 = torch.meshgrid(coordinates, coordinates, indexing="ij")
+    latents = torch.stack([z1.flatten(), z2.flatten()], dim=1)  # (steps^2, 2)
+    return decode(latents)
+
+
+def save_gif(frames: Sequence[torch.Tensor], path: str | Path, duration_ms: int = 80, nrow: int | None = None) -> Path:
+    """An animated GIF, one grid per frame (e.g. the states of a sampler from noise to image)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pictures = [grid_image(frame, nrow) for frame in frames]
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
+    return path
