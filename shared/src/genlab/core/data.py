@@ -190,25 +190,30 @@ def _read_rgb(path: Path) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
-def _imagefolder(name: str, folder: Path, split: Split):
+def _imagefolder(name: str, folder: Path, split: Split, image_size: int | None = None):
     """Hugging Face's ``imagefolder`` layout: <split>/metadata.jsonl with file_name, optional text and label.
 
     A folder with only a train split is divided deterministically: every 10th image (sorted by file name) is
     held out as the test split, the rest is train.
     """
     metadata_path = folder / split / "metadata.jsonl"
-    held_out = False
-    if not metadata_path.is_file() and (folder / "train" / "metadata.jsonl").is_file():
-        metadata_path, held_out = folder / "train" / "metadata.jsonl", True
+    # Only a train split on disk: both splits come from it, test = every 10th image, train = the rest.
+    held_out = not (folder / "test" / "metadata.jsonl").is_file()
+    if held_out:
+        metadata_path = folder / "train" / "metadata.jsonl"
     if not metadata_path.is_file():
-        raise _missing(name, folder, f"{split}/metadata.jsonl and the images it lists", False)
+        raise _missing(name, folder, "train/metadata.jsonl (test/ optional) and the images it lists", False)
     records = [json.loads(line) for line in metadata_path.read_text().splitlines() if line.strip()]
     records.sort(key=lambda record: record["file_name"])
+    # Class names from every record of the file, so that both held-out splits agree on the number of classes.
+    all_labels = [int(r["label"]) for r in records if "label" in r]
     if held_out:
         records = [r for i, r in enumerate(records) if (i % 10 == 0) == (split == "test")]
     images, sizes = [], set()
     for record in records:
         image = _read_rgb(metadata_path.parent / record["file_name"])
+        if image_size is not None:  # resize one by one, so that a folder of mixed sizes can be stacked
+            image = _resize(image[None], image_size)[0]
         sizes.add(tuple(image.shape))
         images.append(image)
     if len(sizes) > 1:
@@ -221,7 +226,7 @@ def _imagefolder(name: str, folder: Path, split: Split):
     if (folder / "categories.json").is_file():
         class_names = list(json.loads((folder / "categories.json").read_text()))
     elif labels is not None:
-        class_names = [str(i) for i in range(int(labels.max()) + 1)]
+        class_names = [str(i) for i in range(max(all_labels) + 1)]
     return torch.stack(images), labels, captions, class_names
 
 
@@ -317,9 +322,9 @@ def load_dataset(
     elif name == "celeba":
         images, labels, captions, classes = _celeba(root, split, download, image_size or 64)
     elif name == "twemoji":
-        images, labels, captions, classes = _imagefolder(name, root / "twemoji", split)
+        images, labels, captions, classes = _imagefolder(name, root / "twemoji", split, image_size)
     elif name == "imagefolder":
-        images, labels, captions, classes = _imagefolder(name, root, split)
+        images, labels, captions, classes = _imagefolder(name, root, split, image_size)
     else:
         channels, size = (1, 28) if name == "synthetic" else (3, 32)
         count, seed = (4096, 0) if split == "train" else (1024, 1)

@@ -148,9 +148,10 @@ class VAE(nn.Module, PyTorchModelHubMixin):
 
     def network_input(self, x: torch.Tensor) -> torch.Tensor:
         """Data as the encoder sees it: binary images as they are; 8-bit integers scaled to [-1, 1]."""
+        dtype = next(self.parameters()).dtype
         if self.config.likelihood == "bernoulli":
-            return x.float()
-        return x.float() / 127.5 - 1.0
+            return x.to(dtype)
+        return x.to(dtype) / 127.5 - 1.0
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z | x): mean and log-variance, each (B, latent_dim)."""

@@ -36,9 +36,9 @@ def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, log_var: torch.Tenso
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log p(x | z) = sum_i x_i log y_i + (1 - x_i) log(1 - y_i), y = sigmoid(logits)  (paper, App. C.1).
 
-    logits (..., C, H, W), x (B, C, H, W) broadcast -> (...)
+    logits and x broadcast together, (..., C, H, W) -> (...)
     """
-    x = x.expand_as(logits)
+    logits, x = torch.broadcast_tensors(logits, x)
     return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(-3).sum(-1)
 
 
@@ -49,7 +49,7 @@ def discretized_logistic_log_prob(mean: torch.Tensor, log_scale: torch.Tensor, x
     first and last bins open to -inf and +inf, so the 256 probabilities sum to exactly 1.
     mean, log_scale (..., C, H, W); x int (B, C, H, W) in 0..255 -> (...)
     """
-    x = x.expand(mean.shape)
+    mean, log_scale, x = torch.broadcast_tensors(mean, log_scale, x)
     log_scale = log_scale.clamp(min=-7.0)
     centred = x.float() / 127.5 - 1.0 - mean
     inv_scale = torch.exp(-log_scale)
@@ -76,7 +76,7 @@ def dequantized_gaussian_log_density(
     A density, not a probability: the discrete bound is log P(x) >= log p(y) - D log 256 (genlab.core.metrics).
     mean, log_std (..., C, H, W); x int (B, C, H, W); noise u ~ U[0, 1) like x -> (...)
     """
-    y = ((x.float() + noise) / 256.0).expand(mean.shape)
+    mean, log_std, y = torch.broadcast_tensors(mean, log_std, (x.float() + noise) / 256.0)
     log_std = log_std.clamp(min=-7.0)
     return (-0.5 * LOG_2PI - log_std - 0.5 * ((y - mean) * torch.exp(-log_std)).pow(2)).flatten(-3).sum(-1)
 
