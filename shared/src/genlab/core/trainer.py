@@ -94,6 +94,10 @@ class TrainConfig:
             raise GenlabError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.image_size is not None and self.image_size <= 0:
             raise GenlabError(f"--image-size must be positive, got {self.image_size}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise GenlabError("--device cuda was asked for, but no CUDA GPU is visible")
+        if self.device == "mps" and not torch.backends.mps.is_available():
+            raise GenlabError("--device mps was asked for, but MPS is not available")
 
 
 @dataclass
@@ -147,10 +151,6 @@ class Trainer:
 
         self.config = config
         self.project = project
-        if config.device == "cuda" and not torch.cuda.is_available():
-            raise GenlabError("--device cuda was asked for, but no CUDA GPU is visible")
-        if config.device == "mps" and not torch.backends.mps.is_available():
-            raise GenlabError("--device mps was asked for, but MPS is not available")
         # The process group first: every process must agree on the run folder before the loggers open it.
         state = PartialState(cpu=config.device == "cpu")
         self.rank, self.world_size = state.process_index, state.num_processes
@@ -213,7 +213,11 @@ class Trainer:
         after_step: Callable[[], None] | None = None,
         lr_lambda: Callable[[int], float] | None = None,
     ) -> None:
-        """An update rule: ``optimizer`` minimises ``loss(batch) -> (loss, logged terms)`` over ``models``."""
+        """An update rule: ``optimizer`` minimises ``loss(batch) -> (loss, logged terms)`` over ``models``.
+
+        ``lr_lambda(step)`` (default: the warm-up and --lr-schedule) multiplies the learning rate at training step
+        ``step``, however often the rule runs (``repeats``, ``every``).
+        """
         unknown = [m for m in models if m not in self.models]
         if unknown:
             raise ValueError(f"update {name!r} names models that were not added: {unknown}")
@@ -304,9 +308,15 @@ class Trainer:
             stack.enter_context(self.accelerator.no_sync(self.models[name]))
         return stack
 
-    def _run_rule(self, rule: UpdateRule, totals: dict[str, torch.Tensor], finite: torch.Tensor) -> torch.Tensor:
+    def _run_rule(
+        self, rule: UpdateRule, totals: dict[str, torch.Tensor], counts: dict[str, int], finite: torch.Tensor
+    ) -> torch.Tensor:
         accumulation = self.config.grad_accum
+        written: set[str] = set()
         for _ in range(rule.repeats):
+            # Start from zero: another rule's loss may have reached these models (a GAN's generator loss runs
+            # through the discriminator) and left gradients that are not this rule's.
+            rule.optimizer.zero_grad(set_to_none=True)
             for micro in range(accumulation):
                 batch = self.stream.next()
                 with self._sync_context(rule, micro == accumulation - 1), self.accelerator.autocast():
@@ -315,18 +325,20 @@ class Trainer:
                 finite = finite & torch.isfinite(loss.detach())
                 for key, value in {"loss": loss, **terms}.items():
                     tag = f"{rule.name}/{key}"
+                    written.add(tag)
                     totals[tag] = totals.get(tag, 0.0) + value.detach().float() / (accumulation * rule.repeats)
             if self.config.grad_clip > 0:
                 parameters = [p for name in rule.models for p in self.models[name].parameters()]
                 norm = self.accelerator.clip_grad_norm_(parameters, self.config.grad_clip)
-                totals[f"{rule.name}/grad_norm"] = (
-                    totals.get(f"{rule.name}/grad_norm", 0.0) + norm.detach() / rule.repeats
-                )
+                tag = f"{rule.name}/grad_norm"
+                totals[tag] = totals.get(tag, 0.0) + norm.detach() / rule.repeats
+                written.add(tag)
             rule.optimizer.step()
-            rule.scheduler.step()
             rule.optimizer.zero_grad(set_to_none=True)
             if rule.after_step is not None:
                 rule.after_step()
+        for tag in written:
+            counts[tag] = counts.get(tag, 0) + 1  # logged values are means over this rule's own runs
         return finite
 
     def _log(self, record: dict[str, float], step: int) -> None:
@@ -397,9 +409,10 @@ class Trainer:
             self.accelerator.init_trackers("tensorboard")
         previous_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         totals: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         logged: dict[str, float] = {}
-        steps_since_log, images_since_log, clock = 0, 0, time.perf_counter()
+        images_since_log, clock = 0, time.perf_counter()
         last_good = latest_checkpoint(self.run_dir)
         progress = tqdm(
             total=config.steps, initial=self.step, disable=not (config.progress and self.accelerator.is_main_process),
@@ -412,18 +425,21 @@ class Trainer:
                 torch.manual_seed(_mix_seed(config.seed, self.step, self.rank))
                 for rule in self.rules:
                     if self.step % rule.every == 0:
-                        finite = self._run_rule(rule, totals, finite)
+                        finite = self._run_rule(rule, totals, counts, finite)
+                for rule in self.rules:
+                    rule.scheduler.step()  # the schedule is a function of the training step, for every rule
                 if self.ema_models:
                     self._update_ema()
                 self.step += 1
-                steps_since_log += 1
                 images_since_log += config.batch_size * config.grad_accum
                 progress.update(1)
                 at_end = self.step == config.steps
                 stop = self._stop_requested()
                 log_now = self.step % config.log_every == 0 or at_end or stop
                 checkpoint_now = (config.checkpoint_every and self.step % config.checkpoint_every == 0) or at_end
-                if log_now or checkpoint_now:
+                do_sample = bool(config.sample_every and self.step % config.sample_every == 0) or at_end
+                do_eval = bool(config.eval_every and self.step % config.eval_every == 0) or at_end
+                if log_now or checkpoint_now or do_sample or do_eval:  # never sample or save from NaN weights
                     all_finite = (
                         finite
                         if self.world_size == 1
@@ -437,7 +453,10 @@ class Trainer:
                         )
                 if log_now:
                     elapsed = time.perf_counter() - clock
-                    logged = {key: float(value) / steps_since_log for key, value in totals.items()}
+                    if self.world_size > 1:  # each process saw its share of the batch: log the global mean
+                        reduced = self.accelerator.reduce(torch.stack([totals[k] for k in totals]), reduction="mean")
+                        totals = dict(zip(totals, reduced, strict=True))
+                    logged = {key: float(value) / counts[key] for key, value in totals.items()}
                     for rule in self.rules:
                         logged[f"{rule.name}/lr"] = rule.scheduler.get_last_lr()[0]
                     logged["images_per_second"] = images_since_log / max(elapsed, 1e-9)
@@ -445,9 +464,7 @@ class Trainer:
                     self._log(logged, self.step)
                     first = next(iter(totals))
                     progress.set_postfix({first: f"{logged[first]:.4g}"}, refresh=False)
-                    totals, steps_since_log, images_since_log, clock = {}, 0, 0, time.perf_counter()
-                do_sample = bool(config.sample_every and self.step % config.sample_every == 0) or at_end
-                do_eval = bool(config.eval_every and self.step % config.eval_every == 0) or at_end
+                    totals, counts, images_since_log, clock = {}, {}, 0, time.perf_counter()
                 logged.update(self._sample_and_eval(sample_fn, eval_fn, do_sample, do_eval))
                 if checkpoint_now or stop:
                     last_good = self.save() or last_good

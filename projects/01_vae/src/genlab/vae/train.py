@@ -32,7 +32,8 @@ BINARY_DATASETS = ("mnist", "synthetic")
 class VAETrainConfig(TrainConfig):
     """Train a VAE (Kingma & Welling 2013); ELBO, beta-VAE or IWAE objective."""
 
-    steps: int = option(150_000, "optimizer steps to train for (the total, also when resuming)")
+    steps: int = option(120_000, "optimizer steps to train for (the total, also when resuming)")
+    lr_schedule: Literal["constant", "cosine", "linear"] = option("cosine", "learning-rate shape after warm-up")
     architecture: Literal["mlp", "conv"] = option("mlp", "the paper's MLP, or a convolutional network")
     latent_dim: int = option(50, "dimension of z")
     hidden_dims: tuple[int, ...] = option((512, 512), "MLP hidden widths, or conv channels per stride-2 layer")
@@ -74,6 +75,7 @@ PRESETS = {
         "lr": 1e-3,
         "adam_eps": 1e-4,
         "iwae_lr_schedule": True,
+        "lr_schedule": "constant",
         "steps": 3280 * 3000,
         "checkpoint_every": 30_000,
         "sample_every": 30_000,
