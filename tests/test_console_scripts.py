@@ -25,7 +25,7 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / script), *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_vae_train_sample_and_resume_end_to_end(tmp_path: Path) -> None:
+def test_vae_train_sample_and_resume_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """vae-train writes a complete run folder, vae-sample draws every picture from it, --resume continues it."""
     run = tmp_path / "run"
     trained = _run("vae-train", *TINY, "--steps", "20", "--run-dir", str(run), "--latent-dim", "2")
@@ -44,6 +44,9 @@ def test_vae_train_sample_and_resume_end_to_end(tmp_path: Path) -> None:
     names = {p.name for p in (tmp_path / "pictures").iterdir()}
     expected = {"prior_samples.png", "reconstructions.png", "interpolations.png", "traversals.png", "manifold.png"}
     assert expected | {"samples.npz"} <= names
+
+    refused = _error_line(capsys, vae_train.main, [*TINY, "--steps", "20", "--run-dir", str(run)])
+    assert "already holds a trained run" in refused  # training again into a finished run would overwrite it
 
     vae_train.main(["--resume", str(run), "--steps", "30"])  # in-process: the same entry point, no second start-up
     assert (run / "checkpoints" / "latest").read_text() == "step_00000030"

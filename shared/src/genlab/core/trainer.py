@@ -183,6 +183,11 @@ class Trainer:
         if config.resume:
             return Path(config.resume)
         if config.run_dir:
+            if latest_checkpoint(Path(config.run_dir)) is not None:  # never train over a run's work
+                raise GenlabError(
+                    f"{config.run_dir} already holds a trained run: continue it with --resume {config.run_dir}, "
+                    "or choose another --run-dir"
+                )
             return Path(config.run_dir)
         stamp = [datetime.now().strftime("%Y%m%d-%H%M%S")]
         if self.world_size > 1:
@@ -285,10 +290,23 @@ class Trainer:
         self._stop_signal = signum
 
     def _stop_requested(self) -> bool:
+        """Whether a SIGINT/SIGTERM arrived. One process: checked every step at no cost. Several: the flag is
+        agreed on by an all-reduce every 10 steps, so that every process stops (and checkpoints) at the same step."""
+        if self.world_size == 1:
+            return self._stop_signal is not None
+        if self.step % 10:
+            return False
         flag = torch.tensor([0.0 if self._stop_signal is None else 1.0], device=self.device)
-        if self.world_size > 1:
-            flag = self.accelerator.reduce(flag, reduction="sum")
-        return bool(flag.item() > 0)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _reseed(self, seed: int) -> None:
+        """Seed this process's generator for the step. Only the training device's: torch.manual_seed would also
+        queue seeds for every uninitialised backend (CUDA, XPU, MTIA), recording a stack trace each, every step."""
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        elif self.device.type == "mps":
+            torch.mps.manual_seed(seed)
 
     def _update_ema(self) -> None:
         decay = self.config.ema_decay
@@ -422,7 +440,7 @@ class Trainer:
             model.train()
         try:
             while self.step < config.steps:
-                torch.manual_seed(_mix_seed(config.seed, self.step, self.rank))
+                self._reseed(_mix_seed(config.seed, self.step, self.rank))
                 for rule in self.rules:
                     if self.step % rule.every == 0:
                         finite = self._run_rule(rule, totals, counts, finite)

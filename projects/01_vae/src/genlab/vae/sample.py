@@ -25,7 +25,7 @@ from genlab.core.errors import GenlabError, exit_on_user_error
 from genlab.core.visualise import interpolate_latents, latent_traversal, manifold_grid, save_grid, to_unit
 from genlab.vae.model import VAE
 from genlab.vae.objective import likelihood_mean, sample_likelihood
-from genlab.vae.train import PROJECT, test_log_likelihood, value_range_for
+from genlab.vae.train import PROJECT, estimate_test_nll, value_range_for
 
 
 @dataclass
@@ -127,7 +127,7 @@ def sample(config: VAESampleConfig) -> dict[str, Path]:
         written["manifold"] = save_grid(manifold, out / "manifold.png", nrow=config.manifold_steps)
 
     if config.nll_samples:
-        estimate = test_log_likelihood(model, test, config.nll_samples)
+        estimate = estimate_test_nll(model, test, config.nll_samples)
         (out / "test_nll.json").write_text(json.dumps(estimate, indent=1))
         unit = f", {estimate['bits_per_dim']:.4f} bits/dim" if "bits_per_dim" in estimate else ""
         print(

@@ -34,6 +34,10 @@ class VAETrainConfig(TrainConfig):
 
     steps: int = option(120_000, "optimizer steps to train for (the total, also when resuming)")
     lr_schedule: Literal["constant", "cosine", "linear"] = option("cosine", "learning-rate shape after warm-up")
+    log_every: int = option(500, "log losses every N steps")
+    sample_every: int = option(10_000, "write a sample grid every N steps (0: only at the end)")
+    eval_every: int = option(10_000, "estimate the test NLL every N steps (0: only at the end)")
+    checkpoint_every: int = option(10_000, "checkpoint every N steps (and always at the end and on SIGINT/SIGTERM)")
     architecture: Literal["mlp", "conv"] = option("mlp", "the paper's MLP, or a convolutional network")
     latent_dim: int = option(50, "dimension of z")
     hidden_dims: tuple[int, ...] = option((512, 512), "MLP hidden widths, or conv channels per stride-2 layer")
@@ -111,7 +115,7 @@ def iwae_lr_lambda(steps_per_epoch: int):
 
 
 @torch.no_grad()
-def test_log_likelihood(
+def estimate_test_nll(
     model: VAE, data: ImageDataset, num_samples: int, max_images: int | None = None, batch_size: int = 100
 ) -> dict[str, float]:
     """Importance-weighted estimate of the test log-likelihood in nats (and bits/dim for 8-bit data).
@@ -188,14 +192,14 @@ def train(config: VAETrainConfig) -> dict[str, float]:
         return likelihood_mean(likelihood, vae.decode(fixed_latents.to(trainer.device)))
 
     def eval_fn(trainer: Trainer) -> dict[str, float]:
-        estimate = test_log_likelihood(
+        estimate = estimate_test_nll(
             trainer.eval_model("vae"), test_data.to(trainer.device), config.eval_samples, config.eval_images
         )
         return {f"test_nll_k{config.eval_samples}": estimate["nll_nats"]}
 
     results = trainer.fit(train_data, sample_fn=sample_fn, eval_fn=eval_fn)
     if config.test_samples and trainer.accelerator.is_main_process:
-        final = test_log_likelihood(trainer.eval_model("vae"), test_data.to(trainer.device), config.test_samples)
+        final = estimate_test_nll(trainer.eval_model("vae"), test_data.to(trainer.device), config.test_samples)
         final["step"] = trainer.step
         (trainer.run_dir / "results.json").write_text(json.dumps(final, indent=1))
         unit = f", {final['bits_per_dim']:.4f} bits/dim" if "bits_per_dim" in final else ""
