@@ -126,7 +126,8 @@ def estimate_test_nll(
     model.eval()
     likelihood = model.config.likelihood
     device = next(model.parameters()).device
-    chunk = max(1, min(num_samples, 50_000 // batch_size))
+    # Samples per chunk so that one chunk's decoder output stays near 50M values, whatever the image size.
+    chunk = max(1, min(num_samples, 50_000_000 // (batch_size * data.num_dims)))
     total, count = 0.0, 0
     for batch in iterate_batches(data, batch_size, noise_seed=1234):
         x = batch.images.to(device)
