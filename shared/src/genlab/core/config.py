@@ -77,9 +77,10 @@ def _add_argument(parser: argparse.ArgumentParser, field: dataclasses.Field, ann
     default = field.default
     shown_default = default if not isinstance(default, tuple) else " ".join(map(str, default))
     kwargs["help"] = f"{help_text} (default: {shown_default})"
-    if base is bool and not optional:
-        # `--flag`, `--flag true|false` and `--no-flag` all work.
-        parser.add_argument(flag, nargs="?", const=True, type=_parse_bool, metavar="BOOL", **kwargs)
+    if base is bool:
+        # `--flag`, `--flag true|false` and `--no-flag` all work (and `--flag none` where None is allowed).
+        parse = _parse_bool if not optional else lambda text: None if text.lower() == "none" else _parse_bool(text)
+        parser.add_argument(flag, nargs="?", const=True, type=parse, metavar="BOOL", **kwargs)
         parser.add_argument("--no-" + flag[2:], dest=field.name, action="store_false", help=argparse.SUPPRESS)
         return
     origin = typing.get_origin(base)

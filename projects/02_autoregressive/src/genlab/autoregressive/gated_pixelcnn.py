@@ -91,6 +91,8 @@ class GatedPixelCNN(nn.Module):
         colors = image_shape[0]
         if hidden_channels % colors or head_channels % colors:
             raise ValueError(f"channel counts must be multiples of the {colors} colours")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"the kernel size must be odd (a centre tap), got {kernel_size}")
         self.image_shape, self.levels = tuple(image_shape), levels
         self.layers = nn.ModuleList(
             GatedLayer(colors if i == 0 else hidden_channels, hidden_channels, kernel_size, colors, num_classes, i == 0)

@@ -73,8 +73,16 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def build_config(model: str, size: str, image_shape: tuple[int, int, int], levels: int, **overrides: Any) -> ARConfig:
-    """The registry's size for ``model``, then any explicit overrides (None means "keep the size's value")."""
+    """The registry's size for ``model``, then any explicit overrides (None means "keep the size's value").
+
+    Channel widths are rounded up to a multiple of the colour count, so that every colour group of a masked
+    layer has the same width and the same sizes serve grey and colour data.
+    """
     values = {**SIZES[model][size], **{k: v for k, v in overrides.items() if v is not None}}
+    colors = image_shape[0]
+    for name in ("hidden_channels", "head_channels"):
+        if name in values:
+            values[name] = -(-values[name] // colors) * colors
     return ARConfig(model=model, image_shape=image_shape, levels=levels, **values)
 
 

@@ -57,6 +57,8 @@ class PixelCNN(nn.Module):
         colors = image_shape[0]
         if hidden_channels % colors or head_channels % colors:
             raise ValueError(f"channel counts must be multiples of the {colors} colours")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"the kernel size must be odd (a centre tap), got {kernel_size}")
         self.image_shape, self.levels = tuple(image_shape), levels
         self.input_conv = MaskedConv2d(colors, 2 * hidden_channels, first_kernel_size, "A", colors)
         self.blocks = nn.ModuleList(ResidualBlock(2 * hidden_channels, kernel_size, colors) for _ in range(num_blocks))

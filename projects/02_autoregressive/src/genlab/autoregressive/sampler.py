@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 
-def inverse_cdf_draw(logits: torch.Tensor, uniforms: torch.Tensor, levels: int, temperature: float = 1.0):
+def inverse_cdf_draw(
+    logits: torch.Tensor, uniforms: torch.Tensor, levels: int, temperature: float = 1.0
+) -> torch.Tensor:
     """Logits (B,) binary or (B, L) L-way, uniforms (B,) in [0, 1) -> values (B,) as floats."""
     if levels == 2:
         return (uniforms < torch.sigmoid(logits / temperature)).to(uniforms.dtype)

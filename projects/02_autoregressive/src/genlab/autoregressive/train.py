@@ -70,6 +70,8 @@ class ARTrainConfig(TrainConfig):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise GenlabError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.kernel_size is not None and self.kernel_size % 2 == 0:
+            raise GenlabError(f"--kernel-size must be odd (masks need a centre tap), got {self.kernel_size}")
         if self.hidden_sizes is not None and (not self.hidden_sizes or min(self.hidden_sizes) <= 0):
             raise GenlabError("--hidden-sizes must be positive numbers")
         if self.eval_images <= 0 or self.sample_images <= 0:
@@ -186,11 +188,11 @@ def train(config: ARTrainConfig) -> dict[str, float]:
     if config.class_conditional and train_data.labels is None:
         raise GenlabError(f"{config.dataset} has no labels to condition on")
     architecture = model_config(config, train_data)
-    trainer = Trainer(config, PROJECT, {"model": architecture})
     try:
-        network = AutoregressiveModel(architecture)
+        network = AutoregressiveModel(architecture)  # before the run folder exists: a bad size leaves nothing
     except ValueError as error:
         raise GenlabError(str(error)) from None
+    trainer = Trainer(config, PROJECT, {"model": architecture})
     model = trainer.add_model("model", network)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     mask_sets = network.num_mask_sets
