@@ -129,6 +129,17 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> a CUDA GPU if there is one, else the CPU; ``cuda`` / ``mps`` only where they exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GenlabError("--device cuda was asked for, but no CUDA GPU is visible")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise GenlabError("--device mps was asked for, but MPS is not available")
+    return torch.device(name)
+
+
 def load_pretrained(path: str | Path, model_class: type, name: str, project: str, ema: bool = True) -> Any:
     """One call from a run folder (or checkpoint folder) to a trained model, EMA weights when there are some.
 

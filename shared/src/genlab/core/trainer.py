@@ -38,6 +38,7 @@ from genlab.core.checkpoint import (
     TRAINING_STATE,
     latest_checkpoint,
     load_module_weights,
+    resolve_device,
     save_checkpoint,
     write_text_atomic,
 )
@@ -94,10 +95,7 @@ class TrainConfig:
             raise GenlabError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.image_size is not None and self.image_size <= 0:
             raise GenlabError(f"--image-size must be positive, got {self.image_size}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise GenlabError("--device cuda was asked for, but no CUDA GPU is visible")
-        if self.device == "mps" and not torch.backends.mps.is_available():
-            raise GenlabError("--device mps was asked for, but MPS is not available")
+        resolve_device(self.device)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from genlab.core.checkpoint import load_pretrained, read_run_info, resolve_checkpoint
+from genlab.core.checkpoint import load_pretrained, read_run_info, resolve_checkpoint, resolve_device
 from genlab.core.config import option, parse_config
 from genlab.core.data import load_dataset
 from genlab.core.errors import GenlabError, exit_on_user_error
@@ -57,12 +57,6 @@ class VAESampleConfig:
             raise GenlabError("--nll-samples and --traversal-dims must be >= 0")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
@@ -73,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def sample(config: VAESampleConfig) -> dict[str, Path]:
     """Write every picture; returns their paths by name."""
     torch.manual_seed(config.seed)
-    device = _device(config.device)
+    device = resolve_device(config.device)
     run_dir, checkpoint = resolve_checkpoint(config.run)
     model: VAE = load_pretrained(checkpoint, VAE, "vae", PROJECT, ema=config.ema).to(device).eval()
     train_config = read_run_info(run_dir)["config"]

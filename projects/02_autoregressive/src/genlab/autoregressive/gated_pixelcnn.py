@@ -23,7 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlab.autoregressive.layers import MaskedConv2d, OutputHead, StepCache, image_window, scale_input, shift_down
+from genlab.autoregressive.layers import (
+    MaskedConv2d,
+    OutputHead,
+    StepCache,
+    check_sizes,
+    image_window,
+    scale_input,
+    shift_down,
+)
 
 
 def gate(pre_activation: torch.Tensor) -> torch.Tensor:
@@ -89,10 +97,7 @@ class GatedPixelCNN(nn.Module):
     ) -> None:
         super().__init__()
         colors = image_shape[0]
-        if hidden_channels % colors or head_channels % colors:
-            raise ValueError(f"channel counts must be multiples of the {colors} colours")
-        if kernel_size % 2 == 0:
-            raise ValueError(f"the kernel size must be odd (a centre tap), got {kernel_size}")
+        check_sizes(colors, kernel_size, hidden_channels, head_channels)
         self.image_shape, self.levels = tuple(image_shape), levels
         self.layers = nn.ModuleList(
             GatedLayer(colors if i == 0 else hidden_channels, hidden_channels, kernel_size, colors, num_classes, i == 0)

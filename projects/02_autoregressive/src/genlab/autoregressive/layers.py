@@ -22,6 +22,14 @@ def scale_input(x: torch.Tensor, levels: int, dtype: torch.dtype = torch.float32
     return x.to(dtype) * (2.0 / (levels - 1)) - 1.0
 
 
+def check_sizes(colors: int, kernel_size: int, *channel_counts: int) -> None:
+    """Every colour group of a masked layer needs equal width, and a masked kernel needs a centre tap."""
+    if any(count % colors for count in channel_counts):
+        raise ValueError(f"channel counts must be multiples of the {colors} colours, got {channel_counts}")
+    if kernel_size % 2 == 0:
+        raise ValueError(f"the kernel size must be odd (a centre tap), got {kernel_size}")
+
+
 def shift_down(x: torch.Tensor) -> torch.Tensor:
     """Move a (B, C, H, W) map one row down (zeros in row 0): row r then only holds what row r-1 saw."""
     return F.pad(x, (0, 0, 1, 0))[:, :, :-1]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlab.autoregressive.layers import MaskedConv2d, OutputHead, StepCache, image_window, scale_input
+from genlab.autoregressive.layers import MaskedConv2d, OutputHead, StepCache, check_sizes, image_window, scale_input
 
 
 class ResidualBlock(nn.Module):
@@ -55,10 +55,7 @@ class PixelCNN(nn.Module):
     ) -> None:
         super().__init__()
         colors = image_shape[0]
-        if hidden_channels % colors or head_channels % colors:
-            raise ValueError(f"channel counts must be multiples of the {colors} colours")
-        if kernel_size % 2 == 0:
-            raise ValueError(f"the kernel size must be odd (a centre tap), got {kernel_size}")
+        check_sizes(colors, kernel_size, hidden_channels, head_channels)
         self.image_shape, self.levels = tuple(image_shape), levels
         self.input_conv = MaskedConv2d(colors, 2 * hidden_channels, first_kernel_size, "A", colors)
         self.blocks = nn.ModuleList(ResidualBlock(2 * hidden_channels, kernel_size, colors) for _ in range(num_blocks))

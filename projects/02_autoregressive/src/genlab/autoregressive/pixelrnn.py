@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlab.autoregressive.layers import MaskedConv2d, OutputHead, scale_input, shift_down
+from genlab.autoregressive.layers import MaskedConv2d, OutputHead, check_sizes, scale_input, shift_down
 
 
 def lstm_update(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,8 +115,7 @@ class PixelRNN(nn.Module):
     ) -> None:
         super().__init__()
         colors = image_shape[0]
-        if hidden_channels % colors or head_channels % colors:
-            raise ValueError(f"channel counts must be multiples of the {colors} colours")
+        check_sizes(colors, 7, hidden_channels, head_channels)  # 7: the mask-A input convolution
         layer_class = {"row_lstm": RowLSTM, "diagonal_bilstm": DiagonalBiLSTM}[kind]
         self.image_shape, self.levels = tuple(image_shape), levels
         self.input_conv = MaskedConv2d(colors, 2 * hidden_channels, 7, "A", colors)

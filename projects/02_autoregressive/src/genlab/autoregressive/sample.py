@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from genlab.autoregressive.model import AutoregressiveModel
-from genlab.autoregressive.sampler import sample_cached, sample_naive
+from genlab.autoregressive.sampler import has_cached_sampler, labels_by_row, sample_cached, sample_naive
 from genlab.autoregressive.train import PROJECT, evaluate_nll, value_range_for
-from genlab.core.checkpoint import load_pretrained, read_run_info, resolve_checkpoint
+from genlab.core.checkpoint import load_pretrained, read_run_info, resolve_checkpoint, resolve_device
 from genlab.core.config import option, parse_config
 from genlab.core.data import load_dataset
 from genlab.core.errors import GenlabError, exit_on_user_error
@@ -61,16 +61,6 @@ class ARSampleConfig:
             raise GenlabError(f"--temperature must be a positive number, got {self.temperature}")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _has_cached_sampler(model: AutoregressiveModel) -> bool:
-    return model.config.model == "nade" or hasattr(model.net, "start_sampling")
-
-
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
@@ -80,14 +70,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 @torch.no_grad()
 def sample(config: ARSampleConfig) -> dict[str, Path]:
     """Write every picture (and the timing JSON); returns their paths by name."""
-    device = _device(config.device)
+    device = resolve_device(config.device)
     run_dir, checkpoint = resolve_checkpoint(config.run)
     model: AutoregressiveModel = load_pretrained(checkpoint, AutoregressiveModel, "model", PROJECT, config.ema)
     model = model.to(device).eval()
     settings, levels = model.config, model.config.levels
-    if config.sampler == "cached" and not _has_cached_sampler(model):
+    if config.sampler == "cached" and not has_cached_sampler(model):
         raise GenlabError(f"{settings.model} has no cached sampler: use --sampler naive")
-    draw = sample_cached if config.sampler != "naive" and _has_cached_sampler(model) else sample_naive
+    draw = sample_cached if config.sampler != "naive" and has_cached_sampler(model) else sample_naive
     out = Path(config.out) if config.out else run_dir / "samples"
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(config.seed)
@@ -96,9 +86,7 @@ def sample(config: ARSampleConfig) -> dict[str, Path]:
         return torch.rand((count, *settings.image_shape), generator=generator).to(device)
 
     def class_labels(count: int) -> torch.Tensor | None:
-        if not settings.num_classes:
-            return None
-        return (torch.arange(count, device=device) * settings.num_classes // count).long()
+        return labels_by_row(count, settings.num_classes, device)
 
     written: dict[str, Path] = {}
     samples = draw(model, uniforms(config.count), class_labels(config.count), temperature=config.temperature)
@@ -135,7 +123,7 @@ def sample(config: ARSampleConfig) -> dict[str, Path]:
         written["completions"] = save_grid(rows.flatten(0, 1) / (levels - 1), path, nrow=repeats + 2)
 
     if config.compare_samplers:
-        if not _has_cached_sampler(model):
+        if not has_cached_sampler(model):
             raise GenlabError(f"{settings.model} has no cached sampler to compare with")
         u, labels = uniforms(config.compare_count), class_labels(config.compare_count)
         timings, images = {}, {}

@@ -29,6 +29,18 @@ def inverse_cdf_draw(
     return (cdf < uniforms[:, None].double()).sum(-1).clamp(max=levels - 1).to(uniforms.dtype)
 
 
+def has_cached_sampler(model: nn.Module) -> bool:
+    """Whether ``sample_cached`` works for this model: the convolutional ones and NADE."""
+    return model.config.model == "nade" or hasattr(model.net, "start_sampling")
+
+
+def labels_by_row(count: int, num_classes: int, device: torch.device) -> torch.Tensor | None:
+    """Labels 0, 0, ..., 1, 1, ... spread evenly over ``count`` images (None for an unconditional model)."""
+    if not num_classes:
+        return None
+    return torch.arange(count, device=device) * num_classes // count
+
+
 def _start(uniforms: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
     if prefix is None:
         return uniforms.new_zeros(uniforms.shape)
@@ -67,11 +79,11 @@ def sample_cached(
     """The fast sampler: the same draws as ``sample_naive`` (mask set 0), reusing computation between steps."""
     net, levels = model.net, model.config.levels
     x = _start(uniforms, prefix)
+    if not has_cached_sampler(model):
+        raise ValueError(f"{model.config.model} has no cached sampler; use sample_naive")
     if model.config.model == "nade":
         prefix_flat = None if prefix is None else x.flatten(1)
         return net.sample(uniforms.flatten(1), prefix_flat, known, temperature).view(x.shape)
-    if not hasattr(net, "start_sampling"):
-        raise ValueError(f"{model.config.model} has no cached sampler; use sample_naive")
     channels, height, width = model.config.image_shape
     state = net.start_sampling(x, labels)
     for row in range(height):

@@ -18,7 +18,7 @@ import torch
 
 from genlab.autoregressive.model import SIZES, VECTOR_MODELS, ARConfig, AutoregressiveModel, build_config
 from genlab.autoregressive.objective import ensemble_log_likelihood, log_likelihood, nll_loss
-from genlab.autoregressive.sampler import sample_cached, sample_naive
+from genlab.autoregressive.sampler import has_cached_sampler, labels_by_row, sample_cached, sample_naive
 from genlab.core.config import option, parse_config
 from genlab.core.data import ImageDataset, iterate_batches, load_dataset
 from genlab.core.errors import GenlabError, exit_on_user_error
@@ -156,17 +156,12 @@ def evaluate_nll(
     return {"nll_nats": nll, "bits_per_dim": bits_per_dim(nll, data.num_dims)}
 
 
-def sample_grid(
-    model: AutoregressiveModel, count: int, seed: int, device: torch.device, cached: bool = True
-) -> torch.Tensor:
+def sample_grid(model: AutoregressiveModel, count: int, seed: int, device: torch.device) -> torch.Tensor:
     """``count`` samples in [0, 1] (B, C, H, W); a class-conditional model gets labels 0, 1, 2, ... row-wise."""
     generator = torch.Generator().manual_seed(seed)
     uniforms = torch.rand((count, *model.config.image_shape), generator=generator).to(device)
-    labels = None
-    if model.config.num_classes:
-        labels = (torch.arange(count, device=device) * model.config.num_classes // count).long()
-    fast = cached and (hasattr(model.net, "start_sampling") or model.config.model == "nade")
-    x = (sample_cached if fast else sample_naive)(model, uniforms, labels)
+    labels = labels_by_row(count, model.config.num_classes, device)
+    x = (sample_cached if has_cached_sampler(model) else sample_naive)(model, uniforms, labels)
     return x / (model.config.levels - 1)
 
 
