@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from genlab.core.config import parse_config
 from genlab.core.data import load_dataset
-from genlab.flows import sample, train
+from genlab.flows import compare, sample, train
 from genlab.flows.model import FlowModel, build_config
 from genlab.flows.objective import nll_loss
 
@@ -140,3 +141,16 @@ def test_flow_sample_mistakes_are_one_line_and_exit_2(
     capsys: pytest.CaptureFixture, argv: list[str], expected: str
 ) -> None:
     assert expected in _error_line(capsys, argv, sample.main).lower()
+
+
+def test_flow_compare_trains_both_glows_on_the_same_batches(tmp_path: Path) -> None:
+    """flow-compare: our Glow and normflows' Glow at one size, each through the same loop, both to a finite
+    test bound near the 8 bits/dim of the start; compare.json holds what was returned."""
+    argv = [*TINY, "--steps", "2", "--num-scales", "2", "--steps-per-scale", "1", "--run-dir", str(tmp_path)]
+    report = compare.compare(parse_config(compare.FlowCompareConfig, argv))
+    assert json.loads((tmp_path / "compare.json").read_text()) == report
+    for name in ("genlab", "normflows"):
+        row = report[name]
+        assert row["steps"] == 2 and row["train_images_per_second"] > 0
+        assert 0 < row["test_bits_per_dim"] < 12
+    assert report["setting"]["num_scales"] == 2 and report["setting"]["hidden_channels"] == 8

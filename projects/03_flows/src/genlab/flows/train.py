@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 
 from genlab.core.config import option, parse_config
 from genlab.core.data import ImageDataset, iterate_batches, load_dataset
@@ -99,7 +100,7 @@ def model_config(config: FlowTrainConfig, data: ImageDataset) -> FlowConfig:
 
 
 @torch.no_grad()
-def initialise(model: FlowModel, data: ImageDataset, count: int, seed: int, conditional: bool) -> None:
+def initialise(model: nn.Module, data: ImageDataset, count: int, seed: int, conditional: bool) -> None:
     """Actnorm's data-dependent initialisation: one training-mode pass over a fixed random batch, the same on
     every process (before DDP wraps the model, which never re-synchronises parameters)."""
     generator = torch.Generator().manual_seed(seed)
@@ -112,7 +113,7 @@ def initialise(model: FlowModel, data: ImageDataset, count: int, seed: int, cond
 
 @torch.no_grad()
 def evaluate_bits_per_dim(
-    model: FlowModel, data: ImageDataset, max_images: int | None = None, batch_size: int = 200
+    model: nn.Module, data: ImageDataset, max_images: int | None = None, batch_size: int = 200
 ) -> dict[str, float]:
     """Test NLL bound (nats per image) and bits/dim, one dequantisation draw per image from a fixed seed."""
     model.eval()
@@ -135,7 +136,7 @@ def evaluate_bits_per_dim(
     return {"nll_nats": nll, "bits_per_dim": bits_per_dim(nll, data.num_dims)}
 
 
-def temperature_grid(model: FlowModel, per_row: int, seed: int, device: torch.device) -> torch.Tensor:
+def temperature_grid(model: nn.Module, per_row: int, seed: int, device: torch.device) -> torch.Tensor:
     """One row of samples per temperature in GRID_TEMPERATURES (a conditional model: labels 0, 1, ... along the
     row). (len(GRID_TEMPERATURES) * per_row, C, H, W) in [0, 1]."""
     generator = torch.Generator().manual_seed(seed)
@@ -152,9 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     train(parse_config(FlowTrainConfig, argv, PRESETS, prog="flow-train"))
 
 
-def train(config: FlowTrainConfig) -> dict[str, float]:
-    """Train as ``config`` says; returns the last logged values and the final test bits/dim."""
-
+def load_splits(config: FlowTrainConfig) -> tuple[ImageDataset, ImageDataset]:
     def load(split: str) -> ImageDataset:
         return load_dataset(config.dataset, split, data_dir=config.data_dir or None, value_range="uint8",
                             image_size=config.image_size)  # fmt: skip
@@ -162,14 +161,31 @@ def train(config: FlowTrainConfig) -> dict[str, float]:
     train_data, test_data = load("train"), load("test")
     if config.class_conditional and train_data.labels is None:
         raise GenlabError(f"{config.dataset} has no labels to condition on")
-    architecture = model_config(config, train_data)
+    return train_data, test_data
+
+
+def build_network(config: FlowTrainConfig, data: ImageDataset) -> FlowModel:
+    """The flow ``config`` names, built before any run folder exists, so a bad size leaves nothing behind."""
     torch.manual_seed(config.seed)
     try:
-        network = FlowModel(architecture)  # before the run folder exists: a bad size leaves nothing behind
+        return FlowModel(model_config(config, data))
     except ValueError as error:
         raise GenlabError(str(error)) from None
+
+
+def train(config: FlowTrainConfig) -> dict[str, float]:
+    """Train as ``config`` says; returns the last logged values and the final test bits/dim."""
+    train_data, test_data = load_splits(config)
+    return fit_flow(config, build_network(config, train_data), train_data, test_data)
+
+
+def fit_flow(config: FlowTrainConfig, network: nn.Module, train_data: ImageDataset, test_data: ImageDataset) -> dict:
+    """Initialise actnorm, train through genlab.core's loop, write results.json with the whole test set's bound.
+
+    ``network`` is any module with the FlowModel interface (log p(y) from ``forward``, ``sample``, ``config``).
+    """
     initialise(network, train_data, config.init_images, config.seed, config.class_conditional)
-    trainer = Trainer(config, PROJECT, {"model": architecture})
+    trainer = Trainer(config, PROJECT, {"model": network.config})
     model = trainer.add_model("model", network)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
