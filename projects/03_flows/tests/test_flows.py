@@ -214,7 +214,7 @@ def test_squeeze_moves_each_2x2_block_into_channels() -> None:
     for c in range(2):
         for i in range(2):
             for j in range(2):
-                assert torch.equal(z[:, 4 * c + 2 * i + j], x[:, c, i::2, j::2])
+                assert torch.equal(z[:, (2 * i + j) * 2 + c], x[:, c, i::2, j::2])
 
 
 def test_checkerboard_coupling_leaves_the_kept_pixels_unchanged() -> None:

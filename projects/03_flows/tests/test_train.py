@@ -107,6 +107,7 @@ def _error_line(capsys: pytest.CaptureFixture, argv: list[str], main=train.main)
         (["--num-scales", "-1"], "--num-scales must be positive"),
         (["--eval-images", "0"], "must be positive"),
         (["--normalisation", "layernorm"], "invalid choice: 'layernorm'"),
+        (["--precision", "bf16"], "leave --precision at no"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2_before_any_data_is_read(

@@ -82,6 +82,8 @@ class FlowCompareConfig(FlowTrainConfig):
         super().validate()
         if self.model != "glow":
             raise GenlabError("flow-compare compares Glow with normflows' Glow: leave --model at glow")
+        if self.class_conditional:
+            raise GenlabError("flow-compare is unconditional: normflows conditions every level's prior, ours the top")
         if self.resume:
             raise GenlabError("flow-compare starts both runs afresh: --resume is not supported")
 

@@ -54,16 +54,21 @@ def per_example(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 class Squeeze(FlowLayer):
     """(B, C, H, W) -> (B, 4C, H/2, W/2): each 2x2 block becomes 4 channels (RealNVP Sec. 3.6). A permutation,
-    so its log-det is 0. Channel 4c + 2i + j holds pixel (2r + i, 2s + j) of input channel c."""
+    so its log-det is 0.
+
+    Channel (2i + j)·C + c holds pixel (2r + i, 2s + j) of input channel c: position-major, so the first half of
+    the channels is the top row of every block in every colour. RealNVP has no 1x1 convolution to mix channels,
+    and factoring out the second half then removes the bottom rows of all colours alike, not whole colours.
+    """
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, h, w = x.shape
-        z = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)  # (B, C, 2, 2, H/2, W/2)
+        z = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 1, 2, 4)  # (B, 2, 2, C, H/2, W/2)
         return z.reshape(b, 4 * c, h // 2, w // 2), x.new_zeros(b)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         b, c4, h2, w2 = z.shape
-        x = z.view(b, c4 // 4, 2, 2, h2, w2).permute(0, 1, 4, 2, 5, 3)  # (B, C, H/2, 2, W/2, 2)
+        x = z.view(b, 2, 2, c4 // 4, h2, w2).permute(0, 3, 4, 1, 5, 2)  # (B, C, H/2, 2, W/2, 2)
         return x.reshape(b, c4 // 4, 2 * h2, 2 * w2)
 
 

@@ -59,6 +59,9 @@ class FlowTrainConfig(TrainConfig):
         if self.steps is None:
             self.steps = DEFAULT_STEPS[self.model]
         super().validate()
+        if self.precision != "no":
+            # a log-density sums thousands of log-scales; in 16-bit floats the bound itself would be off
+            raise GenlabError("flows train and evaluate in float32: leave --precision at no")
         if self.class_conditional and self.model != "glow":
             raise GenlabError("--class-conditional is Glow's (its top prior): use --model glow")
         for name in ("num_scales", "steps_per_scale", "hidden_channels", "num_blocks"):
@@ -101,8 +104,8 @@ def model_config(config: FlowTrainConfig, data: ImageDataset) -> FlowConfig:
 
 @torch.no_grad()
 def initialise(model: nn.Module, data: ImageDataset, count: int, seed: int, conditional: bool) -> None:
-    """Actnorm's data-dependent initialisation: one training-mode pass over a fixed random batch, the same on
-    every process (before DDP wraps the model, which never re-synchronises parameters)."""
+    """Actnorm's data-dependent initialisation: one training-mode pass over a fixed random batch (Glow Sec. 3.1),
+    the same batch on every process, so every process starts from the same parameters."""
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(data), generator=generator)[: min(count, len(data))]
     batch = data.batch(indices)
