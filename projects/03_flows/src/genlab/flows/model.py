@@ -46,7 +46,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "paper": {"num_scales": 3, "hidden_channels": 64, "num_blocks": 8},
     },
     "glow": {
-        "small": {"num_scales": 2, "steps_per_scale": 8, "hidden_channels": 96},
+        "small": {"num_scales": 2, "steps_per_scale": 16, "hidden_channels": 96},
         "paper": {"num_scales": 3, "steps_per_scale": 32, "hidden_channels": 512},
     },
 }
