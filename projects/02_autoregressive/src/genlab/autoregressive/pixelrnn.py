@@ -28,9 +28,9 @@ from torch import nn
 from genlab.autoregressive.layers import MaskedConv2d, OutputHead, check_sizes, scale_input, shift_down
 
 
-def lstm_update(gates: torch.Tensor, cell: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """gates (..., 4h, ...), c_{t-1} (..., h, ...) with the gates along ``dim`` -> (h_t, c_t) by eq. 3."""
-    o, f, i, g = gates.chunk(4, dim=dim)
+def lstm_update(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gates (B, 4h, ...), c_{t-1} (B, h, ...) -> (h_t, c_t) by eq. 3."""
+    o, f, i, g = gates.chunk(4, dim=1)
     cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(cell), cell
 
@@ -69,41 +69,38 @@ def unskew(x: torch.Tensor, width: int) -> torch.Tensor:
     return flat.view(b, c, height, skewed_width + 1)[:, :, :, :width]
 
 
-class DiagonalBiLSTM(nn.Module):
-    """Both directions of the Diagonal BiLSTM, stepped together along the skewed columns.
-
-    The right-to-left direction is the left-to-right recurrence run on the mirrored image with its own weights.
-    The two directions share each column step, as the two groups of one grouped convolution: that halves the
-    number of sequential steps, which dominate the cost on small maps.
-    """
+class DiagonalLSTM(nn.Module):
+    """One direction of the Diagonal BiLSTM: left to right along the skewed columns."""
 
     def __init__(self, in_channels: int, hidden: int, colors: int) -> None:
         super().__init__()
         self.hidden = hidden
-        # 8h outputs: the 4h gates of the left-to-right direction, then those of the right-to-left one
-        self.input_to_state = MaskedConv2d(in_channels, 8 * hidden, 1, "B", colors)
-        # per direction, rows r-1 and r of the previous column; groups=2 keeps the directions apart
-        self.state_to_state = nn.Conv1d(2 * hidden, 8 * hidden, 2, groups=2)
+        self.input_to_state = MaskedConv2d(in_channels, 4 * hidden, 1, "B", colors)
+        self.state_to_state = nn.Conv1d(hidden, 4 * hidden, 2)  # rows r-1 and r of the previous column
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 2h, H, W) -> (B, h, H, W)."""
-        width, h = x.shape[-1], self.hidden
-        gates = self.input_to_state(x)  # (B, 8h, H, W); a 1x1 conv commutes with mirroring the image
-        gates = torch.cat([gates[:, : 4 * h], gates[:, 4 * h :].flip(-1)], dim=1)
-        input_gates = skew(gates)  # (B, 8h, H, W + H - 1)
+        width = x.shape[-1]
+        input_gates = skew(self.input_to_state(x))  # (B, 4h, H, W + H - 1)
         b, _, height, columns = input_gates.shape
-        state = x.new_zeros(b, 2 * h, height)  # (B, 2h, H): both directions' previous column
-        cell = x.new_zeros(b, 2, h, height)
+        state = cell = x.new_zeros(b, self.hidden, height)  # (B, h, H): the previous column
         outputs = []
         for t in range(columns):
-            from_state = self.state_to_state(F.pad(state, (1, 0)))  # (B, 8h, H)
-            step_gates = (input_gates[:, :, :, t] + from_state).view(b, 2, 4 * h, height)
-            state, cell = lstm_update(step_gates, cell, dim=2)
-            state = state.reshape(b, 2 * h, height)
+            from_state = self.state_to_state(F.pad(state, (1, 0)))  # (B, 4h, H)
+            state, cell = lstm_update(input_gates[:, :, :, t] + from_state, cell)
             outputs.append(state)
-        both = unskew(torch.stack(outputs, dim=3), width)  # (B, 2h, H, W)
-        left_to_right, right_to_left = both[:, :h], both[:, h:].flip(-1)
-        return left_to_right + shift_down(right_to_left)
+        return unskew(torch.stack(outputs, dim=3), width)
+
+
+class DiagonalBiLSTM(nn.Module):
+    def __init__(self, in_channels: int, hidden: int, colors: int) -> None:
+        super().__init__()
+        self.left_to_right = DiagonalLSTM(in_channels, hidden, colors)
+        self.right_to_left = DiagonalLSTM(in_channels, hidden, colors)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        right_to_left = self.right_to_left(x.flip(-1)).flip(-1)
+        return self.left_to_right(x) + shift_down(right_to_left)
 
 
 class PixelRNN(nn.Module):

@@ -90,7 +90,7 @@ DEFAULT_STEPS = {
     "pixelcnn": 5000,
     "gated_pixelcnn": 5000,
     "row_lstm": 5000,
-    "diagonal_bilstm": 3000,
+    "diagonal_bilstm": 2500,
 }
 
 # --preset paper: the registry's paper size with a GPU-sized schedule. The PixelRNN paper trains with RMSProp
