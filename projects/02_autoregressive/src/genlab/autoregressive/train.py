@@ -83,7 +83,7 @@ class ARTrainConfig(TrainConfig):
         return 2 if self.dataset in BINARY_DATASETS else 256
 
 
-# CPU defaults: about half an hour each of a 2-core CPU on 28x28 data with the "small" sizes, batch 64.
+# CPU defaults: under an hour each of a 2-core CPU on 28x28 data with the "small" sizes, batch 64.
 DEFAULT_STEPS = {
     "nade": 3000,
     "made": 40_000,
