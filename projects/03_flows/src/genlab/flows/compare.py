@@ -21,53 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from genlab.core.config import option, parse_config
 from genlab.core.errors import GenlabError, exit_on_user_error
-from genlab.flows.model import FlowConfig
+from genlab.flows.normflows_glow import NormflowsGlow
 from genlab.flows.train import PRESETS, FlowTrainConfig, build_network, fit_flow, load_splits
-
-
-class NormflowsGlow(nn.Module):
-    """normflows' multi-scale Glow at the size of a genlab FlowConfig, behind our interface (log p(y) from
-    ``forward``, ``sample``, ``config``), following the construction of normflows' own Glow example."""
-
-    def __init__(self, config: FlowConfig) -> None:
-        super().__init__()
-        try:
-            import normflows as nf
-        except ImportError:
-            raise GenlabError("flow-compare needs normflows: pip install normflows") from None
-        self.config = config
-        channels, height, width = config.image_shape
-        levels, steps = config.num_scales, config.steps_per_scale
-        priors, merges, flows = [], [], []
-        for i in range(levels):  # normflows counts levels from the coarsest, in the generative direction
-            blocks = [nf.flows.GlowBlock(channels * 2 ** (levels + 1 - i), config.hidden_channels,
-                                         split_mode="channel", scale=True) for _ in range(steps)]  # fmt: skip
-            flows.append([*blocks, nf.flows.Squeeze()])
-            if i == 0:
-                shape = (channels * 2 ** (levels + 1), height // 2**levels, width // 2**levels)
-            else:
-                merges.append(nf.flows.Merge())
-                shape = (channels * 2 ** (levels - i), height // 2 ** (levels - i), width // 2 ** (levels - i))
-            priors.append(nf.distributions.GlowBase(shape, num_classes=config.num_classes or None))
-        self.flow = nf.MultiscaleFlow(priors, flows, merges, class_cond=bool(config.num_classes))
-
-    def forward(self, y: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.flow.log_prob(y, labels)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        count: int,
-        temperature: float = 1.0,
-        labels: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """normflows draws from the global generator; ``generator`` is accepted for the interface only."""
-        return self.flow.sample(count, labels, temperature)[0].clamp(0, 1)
 
 
 @dataclass
@@ -99,7 +57,10 @@ def compare(config: FlowCompareConfig) -> dict[str, dict[str, float]]:
     train_data, test_data = load_splits(config)
     ours = build_network(config, train_data)
     torch.manual_seed(config.seed)
-    theirs = NormflowsGlow(ours.config)
+    try:
+        theirs = NormflowsGlow(ours.config)
+    except ImportError as error:
+        raise GenlabError(str(error)) from None
     root = Path(config.run_dir or "runs/flows/compare")
     report: dict[str, dict[str, float]] = {}
     for name, network in (("genlab", ours), ("normflows", theirs)):
