@@ -82,7 +82,7 @@ def test_order_agnostic_made_reports_its_ensemble_and_samples_naively(
 
 def test_ar_sample_writes_samples_completions_and_a_sampler_comparison(tmp_path: Path) -> None:
     """A class-conditional Gated PixelCNN (eq. 4; --class-conditional sizes the label embedding from the data's 4
-    shape classes), then ar-sample on its run: the sample grid, half-image completions, the npz of levels, the
+    shape classes), then ar-sample on its run: the sample grid, half-image completions, the npz of pixels, the
     naive-vs-cached comparison (identical images, Ramachandran et al. 2017) and the exact test NLL, which must
     equal the one training reported (the checkpoint round trip loses nothing)."""
     assert (BIN / "ar-sample").is_file()  # the console script is installed
@@ -96,7 +96,7 @@ def test_ar_sample_writes_samples_completions_and_a_sampler_comparison(tmp_path:
     names = {path.name for path in out.iterdir()}
     assert names == {"samples.png", "samples.npz", "completions.png", "sampler_speed.json", "test_nll.json"}
     images = np.load(out / "samples.npz")["samples"]
-    assert images.shape == (4, 1, 8, 8) and set(np.unique(images)) <= {0, 1}
+    assert images.shape == (4, 1, 8, 8) and set(np.unique(images)) <= {0, 255}
     speed = json.loads((out / "sampler_speed.json").read_text())
     assert speed["identical"] and speed["differing_values"] == 0 and speed["images"] == 3
     reloaded = json.loads((out / "test_nll.json").read_text())

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,9 +65,11 @@ def test_flow_sample_writes_every_picture_and_reproduces_the_test_bits_per_dim(t
                 "--run-dir", str(run)])  # fmt: skip
     sample.main(["--run", str(run), "--out", str(out), "--temperatures", "0", "0.7", "--per-row", "3",
                  "--interpolations", "1", "--interpolation-steps", "3", "--scale-images", "2", "--nll",
-                 "--device", "cpu"])  # fmt: skip
+                 "--npz", "5", "--device", "cpu"])  # fmt: skip
     names = {path.name for path in out.iterdir()}
-    assert names == {"temperatures.png", "interpolations.png", "scales.png", "test_bits_per_dim.json"}
+    assert names == {"temperatures.png", "interpolations.png", "scales.png", "test_bits_per_dim.json", "samples.npz"}
+    pixels = np.load(out / "samples.npz")["samples"]
+    assert pixels.dtype == np.uint8 and pixels.shape[0] == 5 and pixels.shape[1] == 1
     reloaded = json.loads((out / "test_bits_per_dim.json").read_text())
     assert reloaded["bits_per_dim"] == pytest.approx(_results(run)["bits_per_dim"], rel=1e-5)
 

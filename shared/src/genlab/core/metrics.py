@@ -1,15 +1,21 @@
-"""Log-likelihood bookkeeping shared by every likelihood model: nats, bits/dim, dequantisation, and an
-importance-weighted estimate of log p(x) for latent-variable models.
+"""The one metrics module of genlab.
 
-Conventions: a negative log-likelihood (NLL) is in nats per example unless the name says otherwise;
-bits/dim = NLL / (D ln 2) with D = C * H * W.
+Likelihood bookkeeping shared by every likelihood model: nats, bits/dim, dequantisation, and an
+importance-weighted estimate of log p(x) for latent-variable models. Conventions: a negative log-likelihood
+(NLL) is in nats per example unless the name says otherwise; bits/dim = NLL / (D ln 2) with D = C * H * W.
+
+Sample quality on features from a feature network (genlab.core.features): FID, KID, precision/recall and
+the Inception Score. The arithmetic is torch-fidelity's, imported where used so that likelihood code stays
+light; these functions fix the conventions (float64, every sample, generated first and reference second).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 LN2 = math.log(2.0)
@@ -67,3 +73,68 @@ def mean_over_batches(values: Iterable[torch.Tensor]) -> float:
     if count == 0:
         raise ValueError("no examples to average")
     return total / count
+
+
+@dataclass
+class FeatureStatistics:
+    """Mean and covariance of a feature set: the Gaussian that FID fits to it (Heusel et al. 2017)."""
+
+    mean: np.ndarray  # (F,) float64
+    covariance: np.ndarray  # (F, F) float64
+    count: int
+
+
+def feature_statistics(features: torch.Tensor) -> FeatureStatistics:
+    """features (N, F) -> mean and unbiased covariance over all N samples, in float64."""
+    if features.dim() != 2 or len(features) < 2:
+        raise ValueError(f"need (N, F) features with N >= 2, got shape {tuple(features.shape)}")
+    values = features.double().cpu().numpy()
+    return FeatureStatistics(values.mean(axis=0), np.cov(values, rowvar=False), len(values))
+
+
+def frechet_distance(first: FeatureStatistics, second: FeatureStatistics) -> float:
+    """FID = |mu_1 - mu_2|^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    stats = [{"mu": s.mean, "sigma": s.covariance} for s in (first, second)]
+    return float(fid_statistics_to_metric(stats[0], stats[1], verbose=False)[KEY_METRIC_FID])
+
+
+def kernel_distance(
+    generated: torch.Tensor, reference: torch.Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """KID (Binkowski et al. 2018): the unbiased MMD^2 with the kernel k(x, y) = (x.y / F + 1)^3.
+
+    Averaged over ``subsets`` random subsets of ``subset_size`` from each set (capped at the smaller set);
+    returns (mean, standard deviation over subsets).
+    """
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
+    size = min(subset_size, len(generated), len(reference))
+    result = kid_features_to_metric(
+        generated.double(), reference.double(), kid_subsets=subsets, kid_subset_size=size, rng_seed=seed,
+        verbose=False,
+    )  # fmt: skip
+    return float(result[KEY_METRIC_KID_MEAN]), float(result[KEY_METRIC_KID_STD])
+
+
+def precision_recall(generated: torch.Tensor, reference: torch.Tensor, neighbourhood: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-nearest-neighbour balls, k = 3.
+
+    Precision: the share of generated samples inside the reference manifold (the union of balls reaching
+    each reference feature's k-th neighbour). Recall: the share of reference samples inside the generated one.
+    """
+    from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+
+    result = prc_features_to_metric(
+        generated.float(), reference.float(), prc_neighborhood=neighbourhood, save_cpu_ram=True, verbose=False
+    )
+    return float(result[KEY_METRIC_PRECISION]), float(result[KEY_METRIC_RECALL])
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
+    """IS = exp E_x KL(p(y|x) || p(y)) (Salimans et al. 2016), over ``splits`` parts; (mean, std)."""
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+
+    result = isc_features_to_metric(logits.double(), splits=min(splits, len(logits)), rng_seed=seed)
+    return float(result[KEY_METRIC_ISC_MEAN]), float(result[KEY_METRIC_ISC_STD])

@@ -45,7 +45,7 @@ class ARSampleConfig:
     completions_per_image: int = option(5, "sampled bottom halves per test image")
     compare_samplers: bool = option(False, "time naive vs cached sampling on --compare-count images and check equality")
     compare_count: int = option(16, "images for --compare-samplers")
-    npz: bool = option(False, "also save the samples as samples.npz (uint8 levels, N x C x H x W)")
+    npz: bool = option(False, "also save the samples as samples.npz (uint8 in 0..255, N x C x H x W) for genlab-eval")
     nll: bool = option(False, "also compute the exact test NLL (and MADE's ensemble)")
     data_dir: str = option("", "data root for test images (default: the run's, else $GENLAB_DATA)")
     ema: bool = option(True, "use the EMA weights when the run has them")
@@ -92,7 +92,8 @@ def sample(config: ARSampleConfig) -> dict[str, Path]:
     samples = draw(model, uniforms(config.count), class_labels(config.count), temperature=config.temperature)
     written["samples"] = save_grid(samples / (levels - 1), out / "samples.png")
     if config.npz:
-        np.savez_compressed(out / "samples.npz", samples=samples.to(torch.uint8).cpu().numpy())
+        pixels = (samples * (255 // (levels - 1))).to(torch.uint8)  # levels 0..L-1 -> 0..255 (binary: 0, 255)
+        np.savez_compressed(out / "samples.npz", samples=pixels.cpu().numpy())
         written["npz"] = out / "samples.npz"
 
     train_config = read_run_info(run_dir)["config"]

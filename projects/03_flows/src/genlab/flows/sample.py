@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from genlab.core.checkpoint import load_pretrained, read_run_info, resolve_checkpoint, resolve_device
@@ -45,6 +46,8 @@ class FlowSampleConfig:
     scale_images: int = option(4, "test images for the multi-scale picture (0: none)")
     scale_temperature: float = option(0.7, "temperature of the latents drawn in the multi-scale picture")
     nll: bool = option(False, "also compute the test bits/dim over the whole test set")
+    npz: int = option(0, "also save this many samples as samples.npz (uint8 pixels, N x C x H x W) for genlab-eval")
+    npz_temperature: float = option(1.0, "temperature of the samples in samples.npz")
     data_dir: str = option("", "data root for test images (default: the run's, else $GENLAB_DATA)")
     ema: bool = option(True, "use the EMA weights when the run has them")
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "device")
@@ -57,6 +60,8 @@ class FlowSampleConfig:
             raise GenlabError(f"--temperatures must be numbers >= 0, got {self.temperatures}")
         if not (self.scale_temperature >= 0 and math.isfinite(self.scale_temperature)):
             raise GenlabError(f"--scale-temperature must be a number >= 0, got {self.scale_temperature}")
+        if self.npz < 0 or not (self.npz_temperature >= 0 and math.isfinite(self.npz_temperature)):
+            raise GenlabError("--npz must be >= 0 and --npz-temperature a number >= 0")
         if self.per_row < 1 or self.interpolation_steps < 2 or self.interpolations < 0 or self.scale_images < 0:
             raise GenlabError("--per-row >= 1, --interpolation-steps >= 2, --interpolations and --scale-images >= 0")
 
@@ -85,6 +90,15 @@ def sample(config: FlowSampleConfig) -> dict[str, Path]:
     written: dict[str, Path] = {}
     rows = [model.sample(config.per_row, t, labels_for(config.per_row), generator) for t in config.temperatures]
     written["temperatures"] = save_grid(torch.cat(rows), out / "temperatures.png", nrow=config.per_row)
+
+    if config.npz:
+        pixels = []
+        for start in range(0, config.npz, 500):
+            count = min(500, config.npz - start)
+            y = model.sample(count, config.npz_temperature, labels_for(count), generator)
+            pixels.append((y * settings.levels).floor().clamp(0, settings.levels - 1).mul(255 // (settings.levels - 1)))
+        np.savez_compressed(out / "samples.npz", samples=torch.cat(pixels).to(torch.uint8).cpu().numpy())
+        written["npz"] = out / "samples.npz"
 
     test = None
     if config.interpolations or config.scale_images or config.nll:
