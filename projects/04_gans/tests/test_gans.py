@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.gans.layers import ConditionalBatchNorm2d, SelfAttention2d, spectral
+from genlab.gans.models import DCDiscriminator, DCGenerator, ResNetDiscriminator, ResNetGenerator
 from genlab.gans.objective import (
     critic_loss_hinge,
     critic_loss_wasserstein,
@@ -152,3 +153,54 @@ def test_toy_metric_counts_modes(kind: str, modes: int) -> None:
     assert mode_coverage(collapsed, mixture).modes_covered == 2
     spread = 4 * torch.randn(5000, 2, generator=generator)  # no mode at all, mostly off the modes
     assert mode_coverage(spread, mixture).high_quality < 0.1
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64)])
+def test_dcgan_follows_the_architecture_guidelines(shape: tuple[int, int, int]) -> None:
+    """Radford et al. 2015, Sec. 3: strided convolutions, no pooling or fully connected hidden layers, batch norm
+    except at G's output and D's input, ReLU + tanh in G, LeakyReLU(0.2) in D; weights from N(0, 0.02)."""
+    torch.manual_seed(6)
+    generator, discriminator = DCGenerator(100, shape, 64), DCDiscriminator(shape, 64)
+    assert not any(isinstance(m, nn.MaxPool2d | nn.AvgPool2d) for m in [*generator.modules(), *discriminator.modules()])
+    convolutions = [m for m in discriminator.modules() if isinstance(m, nn.Conv2d)]
+    assert all(m.stride == (2, 2) for m in convolutions)
+    layers = list(discriminator.features)
+    assert isinstance(layers[0], nn.Conv2d) and isinstance(layers[1], nn.LeakyReLU)  # no norm on D's input
+    assert all(m.negative_slope == 0.2 for m in discriminator.modules() if isinstance(m, nn.LeakyReLU))
+    images = generator(torch.randn(512, 100))
+    assert images.shape == (512, *shape) and images.abs().max() <= 1.0
+    assert discriminator(images).shape == (512,)
+    weights = torch.cat([m.weight.flatten() for m in [*generator.modules(), *discriminator.modules()]
+                         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)])  # fmt: skip
+    assert weights.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+@pytest.mark.parametrize("kind", ["dc", "resnet"])
+def test_projection_discriminator_depends_on_the_label_through_the_inner_product(kind: str) -> None:
+    """Miyato & Koyama 2018: D(x, y) = psi(phi(x)) + <embed(y), phi(x)>; two labels differ exactly by
+    <embed(y1) - embed(y2), phi(x)>."""
+    torch.manual_seed(7)
+    shape = (1, 28, 28)
+    discriminator = DCDiscriminator(shape, 8, "none", 10) if kind == "dc" else ResNetDiscriminator(shape, 8, 10)
+    discriminator.eval()
+    images = torch.randn(4, *shape)
+    first, second = torch.zeros(4, dtype=torch.long), torch.full((4,), 3)
+    with torch.no_grad():
+        difference = discriminator(images, first) - discriminator(images, second)
+        phi = discriminator.features(images) if kind == "dc" else torch.relu(discriminator.blocks(images)).sum((2, 3))
+        embed = discriminator.embed
+        expected = ((embed(first) - embed(second)) * phi).sum(1)
+    torch.testing.assert_close(difference, expected, rtol=1e-4, atol=1e-4)
+    assert difference.abs().min() > 0
+
+
+def test_sagan_nets_have_spectral_norm_everywhere_and_attention() -> None:
+    generator, discriminator = ResNetGenerator(16, (3, 32, 32), 8, 10), ResNetDiscriminator((3, 32, 32), 8, 10)
+    for net in (generator, discriminator):
+        weighted = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear | nn.Embedding)]
+        weighted = [m for m in weighted if m not in {e for c in net.modules()
+                    if isinstance(c, ConditionalBatchNorm2d) for e in (c.gain, c.bias)}]  # fmt: skip
+        assert weighted and all(hasattr(m, "parametrizations") for m in weighted)
+        assert any(isinstance(m, SelfAttention2d) for m in net.modules())
+    images = generator(torch.randn(2, 16), torch.tensor([1, 2]))
+    assert images.shape == (2, 3, 32, 32) and discriminator(images, torch.tensor([1, 2])).shape == (2,)
