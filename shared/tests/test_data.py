@@ -356,3 +356,12 @@ def test_iterate_batches_covers_every_example_once(value_range: str) -> None:
         torch.testing.assert_close(images, dataset.images.float() / 255)
     else:
         assert set(images.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_float_data_passes_through_the_batch_stream() -> None:
+    """Value range "float" (2-D toy points as (N, 2, 1, 1)): batches hold the stored values, unconverted."""
+    points = torch.randn(40, 2, 1, 1)
+    data = ImageDataset("toy", "train", points, None, None, None, "float")
+    batch = BatchStream(data, 8, seed=0).next()
+    assert batch.images.dtype == torch.float32 and batch.images.shape == (8, 2, 1, 1)
+    assert any(torch.equal(image, point) for image in batch.images[:1] for point in points)

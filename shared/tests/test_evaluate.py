@@ -173,8 +173,16 @@ def test_inception_wrapper_feeds_the_network_what_it_expects(tmp_path: Path) -> 
     eps = 1e-5
     torch.testing.assert_close(features[:, 3], torch.tensor([-1.0, 127 / 128, -1.0]))  # min
     torch.testing.assert_close(features[:, 4], torch.tensor([-1.0, 127 / 128, 0.0]))  # max
-    expected_mean = torch.tensor([-1.0, 127 / 128, 0.5 * (0.0 - 1.0)])
-    torch.testing.assert_close(features[:, 0], (expected_mean - 5.0) / (1 + eps) ** 0.5, atol=5e-3, rtol=0)
+    # Image 2: rows 0..13 at 128 (scaled 0), the rest 0 (scaled -1). Output row i reads input row i * 28 / 299
+    # (TF1), blending rows 13 and 14 where it falls between them.
+    rows = []
+    for i in range(299):
+        source = i * 28 / 299
+        low, frac = int(source), source - int(source)
+        low_value, high_value = (128.0 if row < 14 else 0.0 for row in (low, min(low + 1, 27)))
+        rows.append((low_value * (1 - frac) + high_value * frac - 128) / 128)
+    expected_mean = torch.tensor([-1.0, 127 / 128, sum(rows) / 299])
+    torch.testing.assert_close(features[:, 0], (expected_mean - 5.0) / (1 + eps) ** 0.5, atol=1e-4, rtol=0)
     torch.testing.assert_close(features[:, 0], features[:, 2])  # the grey channel, repeated
     assert inception.sha256 and inception.name.endswith("probe.pt")
 

@@ -7,6 +7,7 @@ value range a model asks for when it is drawn:
     "signed"  float in [-1, 1]           x / 127.5 - 1
     "binary"  {0., 1.}, drawn afresh     Bernoulli(x / 255)  (dynamic binarisation, a new draw every batch)
     "uint8"   int64 in 0..255            for discrete likelihoods (256-way softmax, dequantisation)
+    "float"   as stored                  data that is already float, e.g. 2-D toy points as (N, 2, 1, 1)
 
 Where the files come from: ``data_dir``, else $GENLAB_DATA, else ~/.cache/genlab/data. torchvision downloads
 MNIST, Fashion-MNIST and CIFAR-10 there when they are missing (set GENLAB_NO_DOWNLOAD=1 to forbid it). A data
@@ -29,7 +30,7 @@ from PIL import Image
 
 from genlab.core.errors import GenlabError
 
-ValueRange = Literal["unit", "signed", "binary", "uint8"]
+ValueRange = Literal["unit", "signed", "binary", "uint8", "float"]
 Split = Literal["train", "test"]
 
 DEFAULT_ROOT = Path.home() / ".cache" / "genlab" / "data"
@@ -47,11 +48,11 @@ class Batch:
 
 @dataclass
 class ImageDataset:
-    """A whole split of an image data set, 8-bit, in memory on one device."""
+    """A whole split of an image data set, 8-bit (or float, for value range "float"), in memory on one device."""
 
     name: str
     split: Split
-    images: torch.Tensor  # (N, C, H, W) uint8
+    images: torch.Tensor  # (N, C, H, W) uint8, or float for value range "float"
     labels: torch.Tensor | None  # (N,) int64
     captions: list[str] | None
     class_names: list[str] | None
@@ -94,7 +95,9 @@ class ImageDataset:
 
 
 def convert_range(images: torch.Tensor, value_range: ValueRange, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Convert uint8 images to one of the documented value ranges."""
+    """Convert uint8 images to one of the documented value ranges ("float" data passes through)."""
+    if value_range == "float":
+        return images
     if value_range == "uint8":
         return images.long()
     unit = images.float() / 255.0

@@ -9,6 +9,8 @@ Variants, each with the architecture and loss of its paper:
     wgan_gp  DCGAN nets with layer norm in the critic, critic loss plus gradient penalty (Gulrajani et al. 2017)
     sagan    residual nets with spectral norm and self-attention, hinge loss (Zhang et al. 2018)
     cgan     DCGAN nets with class-conditional batch norm in G and a projection discriminator
+
+On the 2-D toy mixtures every variant uses MLP nets (``GANConfig.points``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class GANConfig:
         self.image_shape = tuple(self.image_shape)
         self.hidden = tuple(self.hidden)
 
+    @property
+    def points(self) -> bool:
+        """2-D toy points stored as (2, 1, 1): MLP nets, no tanh, no dropout, whatever the variant."""
+        return self.image_shape[1:] == (1, 1)
+
 
 # "small": what a 2-core CPU trains in well under an hour on 28x28 data; "paper": the papers' widths
 # (DCGAN's 64 / 128 feature maps at the finest stage; the GAN paper's MNIST nets had 1200-unit layers).
@@ -70,8 +77,8 @@ class Generator(nn.Module, PyTorchModelHubMixin):
             config = GANConfig(**config)
         self.config = config
         shape, classes = config.image_shape, config.num_classes
-        if config.variant == "gan":
-            self.net = MLPGenerator(config.latent_dim, shape, config.hidden)
+        if config.variant == "gan" or config.points:
+            self.net = MLPGenerator(config.latent_dim, shape, config.hidden, bounded=not config.points)
         elif config.variant == "sagan":
             self.net = ResNetGenerator(config.latent_dim, shape, config.width, classes)
         else:
@@ -99,8 +106,8 @@ class Discriminator(nn.Module, PyTorchModelHubMixin):
             config = GANConfig(**config)
         self.config = config
         shape, classes = config.image_shape, config.num_classes
-        if config.variant == "gan":
-            self.net = MLPDiscriminator(shape, tuple(reversed(config.hidden)))
+        if config.variant == "gan" or config.points:
+            self.net = MLPDiscriminator(shape, tuple(reversed(config.hidden)), dropout=0.0 if config.points else 0.3)
         elif config.variant == "sagan":
             self.net = ResNetDiscriminator(shape, config.width, classes)
         else:

@@ -47,9 +47,11 @@ def dcgan_init(module: nn.Module) -> None:
 
 
 class MLPGenerator(nn.Module):
-    """z (B, Z) -> ReLU MLP -> tanh -> images (B, C, H, W)."""
+    """z (B, Z) -> ReLU MLP -> tanh -> images (B, C, H, W); no tanh for unbounded data (``bounded=False``)."""
 
-    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], hidden: tuple[int, ...]) -> None:
+    def __init__(
+        self, latent_dim: int, image_shape: tuple[int, int, int], hidden: tuple[int, ...], bounded: bool = True
+    ) -> None:
         super().__init__()
         self.image_shape = image_shape
         layers: list[nn.Module] = []
@@ -57,7 +59,7 @@ class MLPGenerator(nn.Module):
         for size in hidden:
             layers += [nn.Linear(width, size), nn.ReLU()]
             width = size
-        layers += [nn.Linear(width, math.prod(image_shape)), nn.Tanh()]
+        layers += [nn.Linear(width, math.prod(image_shape)), nn.Tanh() if bounded else nn.Identity()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

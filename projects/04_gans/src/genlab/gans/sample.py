@@ -6,6 +6,8 @@ uv run genlab-eval --samples runs/gans/<run>
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +16,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from genlab.core.checkpoint import load_pretrained, resolve_checkpoint, resolve_device
+from genlab.core.checkpoint import load_pretrained, read_run_info, resolve_checkpoint, resolve_device
 from genlab.core.config import option, parse_config
 from genlab.core.errors import GenlabError, exit_on_user_error
 from genlab.core.visualise import save_grid
 from genlab.gans.model import Generator
-from genlab.gans.train import PROJECT
+from genlab.gans.toy import GaussianMixture, mode_coverage, scatter_image
+from genlab.gans.train import PROJECT, toy_points
 
 
 @dataclass
@@ -28,7 +31,7 @@ class GANSampleConfig:
 
     run: str = option("", "run folder (its latest checkpoint) or a checkpoint folder")
     out: str = option("", "output folder (default: <run>/samples)")
-    count: int = option(64, "images in the grid")
+    count: int = option(64, "images in the grid (toy data: points in the picture and the mode count)")
     npz: int = option(0, "also save this many samples as samples.npz (uint8 pixels, N x C x H x W) for genlab-eval")
     class_label: int | None = option(None, "conditional models: draw only this class (default: every class in turn)")
     ema: bool = option(True, "use the EMA weights when the run has them")
@@ -69,6 +72,14 @@ def sample(config: GANSampleConfig) -> dict[str, Path]:
 
     out = Path(config.out) if config.out else run_dir / "samples"
     out.mkdir(parents=True, exist_ok=True)
+    if generator.config.points:  # the 2-D toy: a picture of the points and the mode count
+        dataset = read_run_info(run_dir)["config"]["dataset"]
+        points = toy_points(generator, config.count, config.seed)
+        coverage = mode_coverage(points, GaussianMixture.named(dataset))
+        (out / "coverage.json").write_text(json.dumps(dataclasses.asdict(coverage), indent=1))
+        print(f"{dataset}: {coverage.modes_covered} of {coverage.num_modes} modes, "
+              f"{coverage.high_quality:.1%} of samples within 3 std of a mode")  # fmt: skip
+        return {"scatter": save_grid(scatter_image(points), out / "scatter.png"), "coverage": out / "coverage.json"}
     written = {"grid": save_grid((generator.sample(config.count, labels_for(config.count), rng) + 1) / 2,
                                  out / "samples.png", nrow=classes or None)}  # fmt: skip
     if config.npz:

@@ -9,7 +9,10 @@ from typing import Literal
 
 import torch
 
+from genlab.core.data import ImageDataset
+
 ToyKind = Literal["ring8", "grid25"]
+TOY_DATASETS: tuple[str, ...] = ("ring8", "grid25")
 
 
 @dataclass(frozen=True)
@@ -52,3 +55,19 @@ def mode_coverage(points: torch.Tensor, mixture: GaussianMixture, min_share: flo
     fair_share = len(points) / len(mixture.centres)
     covered = int((counts >= min_share * fair_share).sum())
     return Coverage(covered, len(mixture.centres), float(good.float().mean()))
+
+
+def toy_dataset(kind: ToyKind, count: int = 100_000, seed: int = 0) -> ImageDataset:
+    """``count`` points of the mixture as a data set for genlab.core's loop: (N, 2, 1, 1) float, value range "float"."""
+    points = GaussianMixture.named(kind).sample(count, torch.Generator().manual_seed(seed))
+    return ImageDataset(kind, "train", points.view(count, 2, 1, 1), None, None, None, "float")
+
+
+def scatter_image(points: torch.Tensor, extent: float = 5.0, size: int = 128) -> torch.Tensor:
+    """A picture of 2-D points: (N, 2) -> (1, 1, size, size) in [0, 1], white background, darker where denser."""
+    pixels = ((points.float().cpu() + extent) / (2 * extent) * size).long()  # x -> column, y -> row (upwards)
+    inside = ((pixels >= 0) & (pixels < size)).all(dim=1)
+    column, row = pixels[inside, 0], size - 1 - pixels[inside, 1]
+    counts = torch.bincount(row * size + column, minlength=size * size).float().view(size, size)
+    darkness = (counts / counts.max().clamp_min(1)).sqrt()  # sqrt: faint modes stay visible
+    return (1 - darkness).view(1, 1, size, size)

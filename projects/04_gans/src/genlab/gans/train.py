@@ -5,6 +5,7 @@ uv run gan-train --variant gan --generator-loss minimax  # the GAN paper's eq. 1
 uv run gan-train --variant wgan_gp --dataset fashion_mnist
 uv run gan-train --variant sagan --class-conditional
 uv run gan-train --variant cgan                          # one row per class in the sample grids
+uv run gan-train --variant wgan_gp --dataset ring8       # the 2-D toy: 8 Gaussians on a ring, modes counted
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from genlab.gans.objective import (
     generator_loss_wasserstein,
     gradient_penalty,
 )
+from genlab.gans.toy import TOY_DATASETS, GaussianMixture, mode_coverage, scatter_image, toy_dataset
 
 PROJECT = "gans"
 
@@ -77,6 +79,8 @@ class GANTrainConfig(TrainConfig):
     class_conditional: bool = option(False, "condition both nets on the class (always on for cgan)")
     latent_dim: int | None = option(None, "override the size's latent dimension")
     width: int | None = option(None, "override the size's channel width")
+    hidden: tuple[int, ...] | None = option(None, "override the size's MLP hidden layers (gan, and the toy data)")
+    toy_samples: int = option(2000, "toy data: samples drawn for the mode count and the picture")
     sample_every: int = option(500, "write a sample grid every N steps (0: only at the end)")
     sample_images: int = option(64, "images in each sample grid")
 
@@ -90,14 +94,18 @@ class GANTrainConfig(TrainConfig):
             self.class_conditional = True
         if self.class_conditional and self.variant in ("gan", "wgan", "wgan_gp"):
             raise GenlabError(f"--class-conditional is for dcgan, sagan and cgan, not {self.variant}")
+        if self.dataset in TOY_DATASETS and (self.variant not in ("gan", "wgan", "wgan_gp") or self.class_conditional):
+            raise GenlabError(f"the toy data {self.dataset} is for gan, wgan and wgan_gp, unconditional")
+        if self.hidden is not None and (not self.hidden or min(self.hidden) <= 0):
+            raise GenlabError("--hidden must be positive numbers")
         if self.generator_loss == "minimax" and self.variant not in ("gan", "dcgan", "cgan"):
             raise GenlabError(f"--generator-loss minimax belongs to the GAN loss; {self.variant} has its own")
         for name in ("n_critic", "lr_generator", "lr_discriminator", "latent_dim", "width"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise GenlabError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if not self.clip_value > 0 or self.gp_weight < 0 or self.sample_images <= 0:
-            raise GenlabError("--clip-value and --sample-images must be positive, --gp-weight >= 0")
+        if not self.clip_value > 0 or self.gp_weight < 0 or self.sample_images <= 0 or self.toy_samples <= 0:
+            raise GenlabError("--clip-value, --sample-images and --toy-samples must be positive, --gp-weight >= 0")
 
     def recipe(self) -> Recipe:
         base = RECIPES[self.variant]
@@ -117,7 +125,7 @@ def model_config(config: GANTrainConfig, data: ImageDataset) -> GANConfig:
         raise GenlabError(f"{config.dataset} has no labels to condition on")
     classes = data.num_classes if config.class_conditional else 0
     return build_config(config.variant, config.size, data.shape, latent_dim=config.latent_dim, width=config.width,
-                        num_classes=classes)  # fmt: skip
+                        hidden=config.hidden, num_classes=classes)  # fmt: skip
 
 
 def make_optimizer(recipe: Recipe, parameters, lr: float) -> torch.optim.Optimizer:
@@ -135,6 +143,11 @@ def sample_grid(generator: Generator, count: int, seed: int) -> torch.Tensor:
     return (generator.sample(count, labels, rng) + 1) / 2
 
 
+def toy_points(generator: Generator, count: int, seed: int) -> torch.Tensor:
+    """``count`` generated 2-D points (count, 2) from a fixed z."""
+    return generator.sample(count, None, torch.Generator().manual_seed(seed)).view(count, 2)
+
+
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
@@ -143,8 +156,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def train(config: GANTrainConfig) -> dict[str, float]:
     """Train as ``config`` says; returns the last logged values."""
-    data = load_dataset(config.dataset, "train", data_dir=config.data_dir or None, value_range="signed",
-                        image_size=config.image_size)  # fmt: skip
+    if config.dataset in TOY_DATASETS:
+        data = toy_dataset(config.dataset, seed=config.seed)
+    else:
+        data = load_dataset(config.dataset, "train", data_dir=config.data_dir or None, value_range="signed",
+                            image_size=config.image_size)  # fmt: skip
     network_config = model_config(config, data)
     recipe = config.recipe()
     torch.manual_seed(config.seed)
@@ -198,9 +214,16 @@ def train(config: GANTrainConfig) -> dict[str, float]:
     trainer.add_update("generator", g_optimizer, generator_loss, ["generator"])
 
     def sample_fn(trainer: Trainer) -> torch.Tensor:
+        if network_config.points:
+            return scatter_image(toy_points(trainer.eval_model("generator"), config.toy_samples, config.seed))
         return sample_grid(trainer.eval_model("generator"), config.sample_images, config.seed)
 
-    results = trainer.fit(data, sample_fn=sample_fn)
+    def eval_fn(trainer: Trainer) -> dict[str, float]:
+        points = toy_points(trainer.eval_model("generator"), config.toy_samples, config.seed)
+        coverage = mode_coverage(points, GaussianMixture.named(config.dataset))
+        return {"modes_covered": coverage.modes_covered, "high_quality": coverage.high_quality}
+
+    results = trainer.fit(data, sample_fn=sample_fn, eval_fn=eval_fn if network_config.points else None)
     print(f"run folder: {trainer.run_dir}")
     return results
 
