@@ -68,14 +68,17 @@ def build_config(variant: str, size: str, image_shape: tuple[int, int, int], **o
     return GANConfig(variant=variant, image_shape=image_shape, **values)
 
 
+def as_config(config: GANConfig | dict) -> GANConfig:
+    """The Hub mixin hands back the saved config as a dict."""
+    return GANConfig(**config) if isinstance(config, dict) else config
+
+
 class Generator(nn.Module, PyTorchModelHubMixin):
     """z (B, Z) [and labels (B,)] -> images (B, C, H, W) in [-1, 1]."""
 
     def __init__(self, config: GANConfig) -> None:
         super().__init__()
-        if isinstance(config, dict):
-            config = GANConfig(**config)
-        self.config = config
+        self.config = config = as_config(config)
         shape, classes = config.image_shape, config.num_classes
         if config.variant == "gan" or config.points:
             self.net = MLPGenerator(config.latent_dim, shape, config.hidden, bounded=not config.points)
@@ -102,9 +105,7 @@ class Discriminator(nn.Module, PyTorchModelHubMixin):
 
     def __init__(self, config: GANConfig) -> None:
         super().__init__()
-        if isinstance(config, dict):
-            config = GANConfig(**config)
-        self.config = config
+        self.config = config = as_config(config)
         shape, classes = config.image_shape, config.num_classes
         if config.variant == "gan" or config.points:
             self.net = MLPDiscriminator(shape, tuple(reversed(config.hidden)), dropout=0.0 if config.points else 0.3)

@@ -9,8 +9,6 @@ from typing import Literal
 
 import torch
 
-from genlab.core.data import ImageDataset
-
 ToyKind = Literal["ring8", "grid25"]
 TOY_DATASETS: tuple[str, ...] = ("ring8", "grid25")
 
@@ -55,12 +53,6 @@ def mode_coverage(points: torch.Tensor, mixture: GaussianMixture, min_share: flo
     fair_share = len(points) / len(mixture.centres)
     covered = int((counts >= min_share * fair_share).sum())
     return Coverage(covered, len(mixture.centres), float(good.float().mean()))
-
-
-def toy_dataset(kind: ToyKind, count: int = 100_000, seed: int = 0) -> ImageDataset:
-    """``count`` points of the mixture as a data set for genlab.core's loop: (N, 2, 1, 1) float, value range "float"."""
-    points = GaussianMixture.named(kind).sample(count, torch.Generator().manual_seed(seed))
-    return ImageDataset(kind, "train", points.view(count, 2, 1, 1), None, None, None, "float")
 
 
 def scatter_image(points: torch.Tensor, extent: float = 5.0, size: int = 128) -> torch.Tensor:

@@ -30,7 +30,7 @@ from genlab.gans.objective import (
     generator_loss_wasserstein,
     gradient_penalty,
 )
-from genlab.gans.toy import TOY_DATASETS, GaussianMixture, mode_coverage, scatter_image, toy_dataset
+from genlab.gans.toy import TOY_DATASETS, GaussianMixture, ToyKind, mode_coverage, scatter_image
 
 PROJECT = "gans"
 
@@ -141,6 +141,12 @@ def sample_grid(generator: Generator, count: int, seed: int) -> torch.Tensor:
     classes = generator.config.num_classes
     labels = torch.arange(count, device=device) % classes if classes else None
     return (generator.sample(count, labels, rng) + 1) / 2
+
+
+def toy_dataset(kind: ToyKind, count: int = 100_000, seed: int = 0) -> ImageDataset:
+    """``count`` points of the mixture as a data set for genlab.core's loop: (N, 2, 1, 1) float, value range "float"."""
+    points = GaussianMixture.named(kind).sample(count, torch.Generator().manual_seed(seed))
+    return ImageDataset(kind, "train", points.view(count, 2, 1, 1), None, None, None, "float")
 
 
 def toy_points(generator: Generator, count: int, seed: int) -> torch.Tensor:
