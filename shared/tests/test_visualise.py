@@ -17,6 +17,7 @@ from genlab.core.visualise import (
     save_grid,
     slerp,
     to_unit,
+    training_progress_gif,
 )
 
 
@@ -155,3 +156,21 @@ def test_save_gif_frames(tmp_path: Path) -> None:
             gif.seek(index)
             greys.append(np.asarray(gif.convert("L"))[2, 2])
     assert greys == sorted(greys) and greys[0] < 10 and greys[-1] > 245
+
+
+def test_training_progress_gif_orders_frames_by_step(tmp_path: Path) -> None:
+    """The progress GIF holds every samples/step_*.png in step order (not file-system order); one grid is no GIF."""
+    samples = tmp_path / "samples"
+    save_grid(torch.full((1, 1, 4, 4), 0.5), samples / "step_00000010.png")
+    assert training_progress_gif(tmp_path) is None
+    for step, grey in ((1000, 1.0), (200, 0.0)):
+        save_grid(torch.full((1, 1, 4, 4), grey), samples / f"step_{step:08d}.png")
+    path = training_progress_gif(tmp_path)
+    assert path == samples / "progress.gif"
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3
+        greys = []
+        for index in range(3):
+            gif.seek(index)
+            greys.append(int(np.asarray(gif.convert("L"))[2, 2]))
+    assert greys[1] < 10 and 100 < greys[0] < 150 and greys[2] > 245  # steps 10, 200, 1000: grey 0.5, 0, 1

@@ -64,7 +64,9 @@ def test_toy_data_trains_through_the_core_loop_and_counts_modes(tmp_path: Path) 
 
 def test_discriminator_and_generator_losses_are_logged_per_rule(tmp_path: Path) -> None:
     run = tmp_path / "gp"
-    train.main([*TINY, "--variant", "wgan_gp", "--steps", "2", "--log-every", "1", "--run-dir", str(run)])
+    train.main([*TINY, "--variant", "wgan_gp", "--steps", "2", "--log-every", "1", "--sample-every", "1",
+                "--run-dir", str(run)])  # fmt: skip
+    assert (run / "samples" / "progress.gif").is_file()  # the two grids of steps 1 and 2 as a training GIF
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*logged)
     assert {"discriminator/loss", "discriminator/gradient_penalty", "discriminator/wasserstein_estimate",
@@ -105,6 +107,7 @@ def test_genlab_eval_scores_a_gan_run(tmp_path: Path, capsys: pytest.CaptureFixt
         (["--n-critic", "0"], "must be positive"),
         (["--dataset", "nonsense"], "unknown dataset"),
         (["--dataset", "ring8", "--variant", "dcgan"], "toy data ring8 is for"),
+        (["--dataset", "ring8", "--variant", "gan", "--toy-std", "0"], "--toy-std must be positive"),
     ],
 )
 def test_gan_train_mistakes_are_one_line(capsys: pytest.CaptureFixture, argv: list[str], expected: str) -> None:

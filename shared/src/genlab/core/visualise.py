@@ -93,3 +93,18 @@ def save_gif(frames: Sequence[torch.Tensor], path: str | Path, duration_ms: int 
     pictures = [grid_image(frame, nrow) for frame in frames]
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
     return path
+
+
+def training_progress_gif(run_dir: str | Path, path: str | Path | None = None, duration_ms: int = 400) -> Path | None:
+    """An animated GIF of the sample grids that genlab.core's loop wrote during training (samples/step_*.png),
+    in step order, the last frame held three times as long. Returns None when the run wrote fewer than two."""
+    run_dir = Path(run_dir)
+    grids = sorted((run_dir / "samples").glob("step_*.png"))  # zero-padded step numbers sort in step order
+    if len(grids) < 2:
+        return None
+    path = Path(path) if path is not None else run_dir / "samples" / "progress.gif"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pictures = [Image.open(grid).convert("RGB") for grid in grids]
+    durations = [duration_ms] * (len(pictures) - 1) + [3 * duration_ms]
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0)
+    return path

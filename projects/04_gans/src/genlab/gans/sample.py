@@ -73,9 +73,10 @@ def sample(config: GANSampleConfig) -> dict[str, Path]:
     out = Path(config.out) if config.out else run_dir / "samples"
     out.mkdir(parents=True, exist_ok=True)
     if generator.config.points:  # the 2-D toy: a picture of the points and the mode count
-        dataset = read_run_info(run_dir)["config"]["dataset"]
+        trained = read_run_info(run_dir)["config"]
+        dataset = trained["dataset"]
         points = toy_points(generator, config.count, config.seed)
-        coverage = mode_coverage(points, GaussianMixture.named(dataset))
+        coverage = mode_coverage(points, GaussianMixture.named(dataset, trained.get("toy_std")))
         (out / "coverage.json").write_text(json.dumps(dataclasses.asdict(coverage), indent=1))
         print(f"{dataset}: {coverage.modes_covered} of {coverage.num_modes} modes, "
               f"{coverage.high_quality:.1%} of samples within 3 std of a mode")  # fmt: skip

@@ -21,13 +21,14 @@ class GaussianMixture:
     std: float
 
     @classmethod
-    def named(cls, kind: ToyKind) -> GaussianMixture:
+    def named(cls, kind: ToyKind, std: float | None = None) -> GaussianMixture:
+        """The standard mixtures: std 0.02 on the ring of radius 2, 0.05 on the grid of spacing 2, unless given."""
         if kind == "ring8":
             angles = torch.arange(8) * (2 * math.pi / 8)
-            return cls(2.0 * torch.stack([angles.cos(), angles.sin()], dim=1), std=0.02)
+            return cls(2.0 * torch.stack([angles.cos(), angles.sin()], dim=1), std=std or 0.02)
         if kind == "grid25":
             axis = torch.arange(-2, 3, dtype=torch.float32) * 2.0
-            return cls(torch.cartesian_prod(axis, axis), std=0.05)
+            return cls(torch.cartesian_prod(axis, axis), std=std or 0.05)
         raise ValueError(f"unknown toy mixture {kind!r}; known: ring8, grid25")
 
     def sample(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -20,6 +20,7 @@ from genlab.core.config import option, parse_config
 from genlab.core.data import Batch, ImageDataset, load_dataset
 from genlab.core.errors import GenlabError, exit_on_user_error
 from genlab.core.trainer import TrainConfig, Trainer
+from genlab.core.visualise import training_progress_gif
 from genlab.gans.model import VARIANTS, Discriminator, GANConfig, Generator, build_config
 from genlab.gans.objective import (
     critic_loss_hinge,
@@ -30,7 +31,7 @@ from genlab.gans.objective import (
     generator_loss_wasserstein,
     gradient_penalty,
 )
-from genlab.gans.toy import TOY_DATASETS, GaussianMixture, ToyKind, mode_coverage, scatter_image
+from genlab.gans.toy import TOY_DATASETS, GaussianMixture, mode_coverage, scatter_image
 
 PROJECT = "gans"
 
@@ -75,12 +76,13 @@ class GANTrainConfig(TrainConfig):
     lr_generator: float | None = option(None, "generator learning rate (default: the paper's)")
     lr_discriminator: float | None = option(None, "discriminator learning rate (default: the paper's)")
     clip_value: float = option(0.01, "wgan: clip every critic weight to [-c, c] after each critic step")
-    gp_weight: float = option(10.0, "wgan_gp: the penalty weight lambda")
+    gp_weight: float | None = option(None, "wgan_gp: the penalty weight lambda (default: 10, or 0.1 on toy data)")
     class_conditional: bool = option(False, "condition both nets on the class (always on for cgan)")
     latent_dim: int | None = option(None, "override the size's latent dimension")
     width: int | None = option(None, "override the size's channel width")
     hidden: tuple[int, ...] | None = option(None, "override the size's MLP hidden layers (gan, and the toy data)")
     toy_samples: int = option(2000, "toy data: samples drawn for the mode count and the picture")
+    toy_std: float | None = option(None, "toy data: each Gaussian's std (default: ring8 0.02, grid25 0.05)")
     sample_every: int = option(500, "write a sample grid every N steps (0: only at the end)")
     sample_images: int = option(64, "images in each sample grid")
 
@@ -104,8 +106,12 @@ class GANTrainConfig(TrainConfig):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise GenlabError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.gp_weight is None:  # the paper's 10; its authors' toy code (gan_toy.py) uses 0.1 on 2-D points
+            self.gp_weight = 0.1 if self.dataset in TOY_DATASETS else 10.0
         if not self.clip_value > 0 or self.gp_weight < 0 or self.sample_images <= 0 or self.toy_samples <= 0:
             raise GenlabError("--clip-value, --sample-images and --toy-samples must be positive, --gp-weight >= 0")
+        if self.toy_std is not None and not self.toy_std > 0:
+            raise GenlabError(f"--toy-std must be positive, got {self.toy_std}")
 
     def recipe(self) -> Recipe:
         base = RECIPES[self.variant]
@@ -143,10 +149,10 @@ def sample_grid(generator: Generator, count: int, seed: int) -> torch.Tensor:
     return (generator.sample(count, labels, rng) + 1) / 2
 
 
-def toy_dataset(kind: ToyKind, count: int = 100_000, seed: int = 0) -> ImageDataset:
+def toy_dataset(mixture: GaussianMixture, name: str, count: int = 100_000, seed: int = 0) -> ImageDataset:
     """``count`` points of the mixture as a data set for genlab.core's loop: (N, 2, 1, 1) float, value range "float"."""
-    points = GaussianMixture.named(kind).sample(count, torch.Generator().manual_seed(seed))
-    return ImageDataset(kind, "train", points.view(count, 2, 1, 1), None, None, None, "float")
+    points = mixture.sample(count, torch.Generator().manual_seed(seed))
+    return ImageDataset(name, "train", points.view(count, 2, 1, 1), None, None, None, "float")
 
 
 def toy_points(generator: Generator, count: int, seed: int) -> torch.Tensor:
@@ -162,8 +168,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def train(config: GANTrainConfig) -> dict[str, float]:
     """Train as ``config`` says; returns the last logged values."""
-    if config.dataset in TOY_DATASETS:
-        data = toy_dataset(config.dataset, seed=config.seed)
+    mixture = GaussianMixture.named(config.dataset, config.toy_std) if config.dataset in TOY_DATASETS else None
+    if mixture is not None:
+        data = toy_dataset(mixture, config.dataset, seed=config.seed)
     else:
         data = load_dataset(config.dataset, "train", data_dir=config.data_dir or None, value_range="signed",
                             image_size=config.image_size)  # fmt: skip
@@ -226,10 +233,12 @@ def train(config: GANTrainConfig) -> dict[str, float]:
 
     def eval_fn(trainer: Trainer) -> dict[str, float]:
         points = toy_points(trainer.eval_model("generator"), config.toy_samples, config.seed)
-        coverage = mode_coverage(points, GaussianMixture.named(config.dataset))
+        coverage = mode_coverage(points, mixture)
         return {"modes_covered": coverage.modes_covered, "high_quality": coverage.high_quality}
 
     results = trainer.fit(data, sample_fn=sample_fn, eval_fn=eval_fn if network_config.points else None)
+    if trainer.accelerator.is_main_process and (gif := training_progress_gif(trainer.run_dir)) is not None:
+        print(f"training progress: {gif}")
     print(f"run folder: {trainer.run_dir}")
     return results
 
