@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.core import checkpoint as checkpoint_module
+from genlab.core import trainer as trainer_module
 from genlab.core.checkpoint import LATEST, latest_checkpoint, load_module_weights
 from genlab.core.data import Batch, ImageDataset, load_dataset
 from genlab.core.errors import GenlabError
@@ -357,6 +359,21 @@ def test_nan_before_any_checkpoint_says_so(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError, match="no checkpoint had been written"):
         fit_stochastic(trainer)
     assert latest_checkpoint(run_dir) is None
+
+
+def test_time_limit_ends_training_as_the_last_step_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--time-limit 2.5 on a clock that moves a minute per step: training stops after step 3 of 12 and does what
+    the last step does (log, sample, checkpoint), so the run is complete and resumable, not interrupted."""
+    run_dir = tmp_path / "run"
+    config = stochastic_config(run_dir, time_limit=2.5, log_every=100, sample_every=100, checkpoint_every=100)
+    trainer = build_stochastic(config)
+    clock = types.SimpleNamespace(monotonic=lambda: 60.0 * trainer.step, perf_counter=time.perf_counter)
+    monkeypatch.setattr(trainer_module, "time", clock)
+    fit_stochastic(trainer)
+    assert trainer.step == 3
+    assert latest_checkpoint(run_dir) == run_dir / "checkpoints" / "step_00000003"
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["step_00000003.png"]
+    assert [entry["step"] for entry in metric_lines(run_dir)][-1] == 3
 
 
 # ---- 5. atomic checkpoints ----

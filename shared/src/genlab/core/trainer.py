@@ -79,13 +79,14 @@ class TrainConfig:
     checkpoint_every: int = option(1000, "checkpoint every N steps (and always at the end and on SIGINT/SIGTERM)")
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep (0: all)")
     progress: bool = option(True, "show a progress bar")
+    time_limit: float = option(0.0, "stop after this many minutes of training as if --steps ended there (0: none)")
 
     def validate(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "log_every")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise GenlabError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        non_negative = ("grad_clip", "warmup_steps", "sample_every", "eval_every", "checkpoint_every")
+        non_negative = ("grad_clip", "warmup_steps", "sample_every", "eval_every", "checkpoint_every", "time_limit")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise GenlabError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -398,6 +399,15 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return results
 
+    def _out_of_time(self, deadline: float | None) -> bool:
+        """Whether the --time-limit has passed; every process stops at the same step (the first to run out)."""
+        if deadline is None:
+            return False
+        late = torch.tensor(float(time.monotonic() >= deadline), device=self.device)
+        if self.world_size > 1:
+            late = self.accelerator.reduce(late, "sum")
+        return bool(late > 0)
+
     def fit(
         self,
         data: ImageDataset,
@@ -436,6 +446,7 @@ class Trainer:
         )  # fmt: skip
         for model in self.models.values():
             model.train()
+        deadline = time.monotonic() + 60 * config.time_limit if config.time_limit else None
         try:
             while self.step < config.steps:
                 self._reseed(_mix_seed(config.seed, self.step, self.rank))
@@ -449,7 +460,8 @@ class Trainer:
                 self.step += 1
                 images_since_log += config.batch_size * config.grad_accum
                 progress.update(1)
-                at_end = self.step == config.steps
+                out_of_time = self._out_of_time(deadline)
+                at_end = self.step == config.steps or out_of_time
                 stop = self._stop_requested()
                 log_now = self.step % config.log_every == 0 or at_end or stop
                 checkpoint_now = (config.checkpoint_every and self.step % config.checkpoint_every == 0) or at_end
@@ -492,6 +504,10 @@ class Trainer:
                             flush=True,
                         )
                     raise SystemExit(128 + (self._stop_signal or signal.SIGTERM))
+                if out_of_time:
+                    if self.accelerator.is_main_process:
+                        print(f"time limit of {config.time_limit:g} min reached at step {self.step}", flush=True)
+                    break
         finally:
             progress.close()
             for signum, handler in previous_handlers.items():
