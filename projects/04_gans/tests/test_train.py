@@ -62,6 +62,26 @@ def test_toy_data_trains_through_the_core_loop_and_counts_modes(tmp_path: Path) 
     assert coverage["num_modes"] == 8 and (run / "samples" / "scatter.png").is_file()
 
 
+def _modes_after_short_training(run: Path, variant: str, *extra: str) -> dict[str, float]:
+    train.main(["--dataset", "ring8", "--toy-std", "0.1", "--variant", variant, "--hidden", "128", "128",
+                "--latent-dim", "8", "--batch-size", "256", "--n-critic", "5", "--lr-generator", "1e-3",
+                "--lr-discriminator", "4e-3",
+                "--steps", "600", "--seed", "0", "--sample-every", "0", "--checkpoint-every", "0", "--device", "cpu",
+                "--no-progress", "--run-dir", str(run), *extra])  # fmt: skip
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+
+
+def test_wgan_gp_covers_more_modes_than_the_saturating_gan(tmp_path: Path) -> None:
+    """Mode collapse and its cure (Gulrajani et al. 2017, Sec. 5.1): the same MLP nets, batches, step counts and
+    optimisers, a discriminator trained five times per generator step at four times the generator's rate; only
+    the objective differs. The minimax GAN settles on a few of the eight modes; WGAN-GP (lambda 0.1, as in the
+    authors' toy code) spreads over nearly all of them. Calibrated on seeds 0-2: GAN 4, 3, 3 modes, WGAN-GP 8, 8, 7."""
+    gan = _modes_after_short_training(tmp_path / "gan", "gan", "--generator-loss", "minimax")
+    wgan_gp = _modes_after_short_training(tmp_path / "wgan_gp", "wgan_gp")
+    assert wgan_gp["eval/modes_covered"] >= 6
+    assert wgan_gp["eval/modes_covered"] >= gan["eval/modes_covered"] + 2
+
+
 def test_discriminator_and_generator_losses_are_logged_per_rule(tmp_path: Path) -> None:
     run = tmp_path / "gp"
     train.main([*TINY, "--variant", "wgan_gp", "--steps", "2", "--log-every", "1", "--sample-every", "1",
