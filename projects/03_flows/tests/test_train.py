@@ -132,6 +132,22 @@ def test_missing_data_is_one_line_naming_the_folder(capsys: pytest.CaptureFixtur
     assert str(tmp_path / "FashionMNIST" / "raw") in _error_line(capsys, argv)
 
 
+def test_overflowed_samples_are_drawn_black_and_counted(capsys: pytest.CaptureFixture[str]) -> None:
+    """An image whose inverse overflowed (any NaN or inf pixel) becomes all zeros and is counted; the finite
+    images pass through unchanged, so samples.npz never casts NaN to uint8 and the scores see the failure."""
+    images = torch.rand(4, 1, 3, 3)
+    images[1, 0, 2, 2] = float("nan")
+    images[3, 0, 0, 1] = float("-inf")
+    shown = sample.blacken_overflows(images, "test")
+    assert torch.isfinite(shown).all()
+    assert (shown[[1, 3]] == 0).all()
+    assert torch.equal(shown[[0, 2]], images[[0, 2]])
+    assert "test: 2 of 4 images overflowed" in capsys.readouterr().out
+    untouched = torch.rand(2, 1, 3, 3)
+    assert torch.equal(sample.blacken_overflows(untouched, "clean"), untouched)
+    assert capsys.readouterr().out == ""
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [

@@ -72,6 +72,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     sample(parse_config(FlowSampleConfig, argv, prog="flow-sample"))
 
 
+def blacken_overflows(images: torch.Tensor, name: str) -> torch.Tensor:
+    """Zero (draw black) every image with a non-finite pixel, and say how many there were.
+
+    The inverse divides by the coupling scales, so a latent far from where the data went can overflow float32
+    on its way back: an honest property of the trained model at that temperature, which the pictures and
+    samples.npz must show rather than hide, and which must not reach the uint8 cast as NaN.
+    """
+    overflowed = ~torch.isfinite(images).flatten(1).all(dim=1)
+    if overflowed.any():
+        print(f"{name}: {int(overflowed.sum())} of {len(images)} images overflowed float32 in the inverse; drawn black")
+    return torch.where(overflowed.view(-1, 1, 1, 1), torch.zeros_like(images), images)
+
+
 @torch.no_grad()
 def sample(config: FlowSampleConfig) -> dict[str, Path]:
     """Write every picture (and the test bits/dim); returns their paths by name."""
@@ -88,7 +101,10 @@ def sample(config: FlowSampleConfig) -> dict[str, Path]:
         return torch.arange(count, device=device) % settings.num_classes if settings.num_classes else None
 
     written: dict[str, Path] = {}
-    rows = [model.sample(config.per_row, t, labels_for(config.per_row), generator) for t in config.temperatures]
+    rows = [
+        blacken_overflows(model.sample(config.per_row, t, labels_for(config.per_row), generator), f"temperature {t}")
+        for t in config.temperatures
+    ]
     written["temperatures"] = save_grid(torch.cat(rows), out / "temperatures.png", nrow=config.per_row)
 
     if config.npz:
@@ -96,6 +112,7 @@ def sample(config: FlowSampleConfig) -> dict[str, Path]:
         for start in range(0, config.npz, 500):
             count = min(500, config.npz - start)
             y = model.sample(count, config.npz_temperature, labels_for(count), generator)
+            y = blacken_overflows(y, f"samples.npz {start}-{start + count - 1}")
             pixels.append((y * settings.levels).floor().clamp(0, settings.levels - 1).mul(255 // (settings.levels - 1)))
         np.savez_compressed(out / "samples.npz", samples=torch.cat(pixels).to(torch.uint8).cpu().numpy())
         written["npz"] = out / "samples.npz"
@@ -125,7 +142,7 @@ def sample(config: FlowSampleConfig) -> dict[str, Path]:
             path = [interpolate_latents(z[2 * pair].flatten(), z[2 * pair + 1].flatten(), config.interpolation_steps)
                     for z in latents]  # fmt: skip
             frames.append(model.decode([p.view(-1, *z.shape[1:]) for p, z in zip(path, latents, strict=True)]))
-        interpolations = torch.cat(frames).clamp(0, 1)
+        interpolations = blacken_overflows(torch.cat(frames), "interpolations").clamp(0, 1)
         path = out / "interpolations.png"
         written["interpolations"] = save_grid(interpolations, path, nrow=config.interpolation_steps)
 
@@ -136,7 +153,8 @@ def sample(config: FlowSampleConfig) -> dict[str, Path]:
         columns = [y.clamp(0, 1)]
         for keep_from in reversed(range(levels)):  # keep z_keep_from, ..., z_L; draw the finer ones
             known = [z if i >= keep_from else None for i, z in enumerate(latents)]
-            columns.append(model.sample(len(y), config.scale_temperature, labels, generator, known))
+            drawn = model.sample(len(y), config.scale_temperature, labels, generator, known)
+            columns.append(blacken_overflows(drawn, f"scales, levels {keep_from + 1}-{levels} kept"))
         grid = torch.stack(columns, dim=1).flatten(0, 1)  # (N * (L + 1), C, H, W), one test image per row
         written["scales"] = save_grid(grid, out / "scales.png", nrow=levels + 1)
 
