@@ -223,7 +223,7 @@ def test_classifier_features_are_deterministic_and_use_every_sample() -> None:
     torch.testing.assert_close(again, chunked)
     stats = feature_statistics(chunked)
     assert stats.count == 10
-    np.testing.assert_allclose(stats.mean, whole.mean(dim=0).numpy())
+    np.testing.assert_allclose(stats.mean, chunked.mean(dim=0).numpy())
     with pytest.raises(GenlabError, match="uint8"):
         extract_features(network, images.float())
 
