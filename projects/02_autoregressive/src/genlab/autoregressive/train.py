@@ -183,6 +183,7 @@ def train(config: ARTrainConfig) -> dict[str, float]:
     if config.class_conditional and train_data.labels is None:
         raise GenlabError(f"{config.dataset} has no labels to condition on")
     architecture = model_config(config, train_data)
+    torch.manual_seed(config.seed)  # the network is built before the Trainer seeds: --seed must fix its weights too
     try:
         network = AutoregressiveModel(architecture)  # before the run folder exists: a bad size leaves nothing
     except ValueError as error:
