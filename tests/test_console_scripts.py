@@ -39,7 +39,7 @@ def test_vae_train_sample_and_resume_end_to_end(tmp_path: Path, capsys: pytest.C
     assert steps[-1] == 20 and any((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert json.loads((run / "results.json").read_text())["nll_nats"] > 0
 
-    sampled = _run("vae-sample", "--run", str(run), "--out", str(tmp_path / "pictures"), "--npz", "--count", "16")
+    sampled = _run("vae-sample", "--run", str(run), "--out", str(tmp_path / "pictures"), "--npz", "16", "--count", "16")
     assert sampled.returncode == 0, sampled.stderr
     names = {p.name for p in (tmp_path / "pictures").iterdir()}
     expected = {"prior_samples.png", "reconstructions.png", "interpolations.png", "traversals.png", "manifold.png"}

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -594,3 +595,281 @@ def _main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _main(sys.argv[1:])
+
+
+# ---- 11. a mistake cannot damage a run: every check before the first write ----
+
+
+def run_files(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run folder and its bytes: what a refused command must leave exactly as it was."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def short_run(tmp_path: Path) -> Path:
+    """A finished 4-step run of the stochastic model (checkpoint at step 4)."""
+    run_dir = tmp_path / "run"
+    fit_stochastic(build_stochastic(stochastic_config(run_dir, steps=4)))
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"batch_size": 8}, "--batch-size 8 (the run has 16)"),
+        ({"seed": 4}, "--seed 4 (the run has 3)"),
+        ({"lr": 0.5}, "--lr 0.5 (the run has 0.02)"),  # the optimizer state holds the saved rate: refused, not ignored
+        ({"ema_decay": 0.5}, "--ema-decay 0.5 (the run has 0.8)"),
+    ],
+)
+def test_a_refused_resume_writes_nothing_and_the_run_still_resumes(
+    short_run: Path, change: dict[str, Any], expected: str
+) -> None:
+    """A resume with a setting the checkpoint fixes is refused in one line, before config.json (or anything else)
+    is written, so plain --resume still works afterwards."""
+    before = run_files(short_run)
+    with pytest.raises(GenlabError, match="cannot resume") as caught:
+        build_stochastic(stochastic_config(short_run, resume=str(short_run), steps=8, **change))
+    assert expected in str(caught.value)
+    assert run_files(short_run) == before
+    trainer = build_stochastic(stochastic_config(short_run, resume=str(short_run), steps=8))
+    fit_stochastic(trainer)
+    assert trainer.step == 8
+
+
+def test_resume_may_change_how_long_and_how_often(short_run: Path) -> None:
+    """--steps, --log-every, --checkpoint-every and the like are the resumable settings: they work as written."""
+    config = stochastic_config(short_run, resume=str(short_run), steps=6, log_every=2, checkpoint_every=3)
+    trainer = build_stochastic(config)
+    fit_stochastic(trainer)
+    assert latest_name(short_run) == "step_00000006"
+    saved = json.loads((short_run / "config.json").read_text())["config"]
+    assert saved["steps"] == 6 and saved["log_every"] == 2
+
+
+def test_resume_that_has_nothing_to_do_is_refused(short_run: Path) -> None:
+    """--steps already reached: one line that says to raise --steps, not an exit 0 that did nothing."""
+    before = run_files(short_run)
+    with pytest.raises(GenlabError, match=r"already at step 4 of --steps 4: raise --steps"):
+        build_stochastic(stochastic_config(short_run, resume=str(short_run), steps=4))
+    assert run_files(short_run) == before
+
+
+def test_run_dir_beside_resume_must_name_the_same_folder(short_run: Path, tmp_path: Path) -> None:
+    """--run-dir elsewhere beside --resume would be silently ignored: refused; the same folder is accepted."""
+    with pytest.raises(GenlabError, match="name two folders"):
+        stochastic_config(tmp_path / "other", resume=str(short_run), steps=8).validate()
+    stochastic_config(short_run, resume=str(short_run), steps=8).validate()
+
+
+def test_paths_that_are_files_are_refused(tmp_path: Path) -> None:
+    file = tmp_path / "notes.txt"
+    file.write_text("not a run")
+    with pytest.raises(GenlabError, match="is a file, not a run folder"):
+        stochastic_config(file).validate()
+
+
+def test_a_batch_larger_than_the_data_leaves_no_run_folder(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    trainer = build_stochastic(stochastic_config(run_dir, batch_size=10_000))
+    with pytest.raises(GenlabError, match="exceeds the data set"):
+        fit_stochastic(trainer)
+    assert not run_dir.exists()
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 3)])
+
+
+DAMAGES: dict[str, Callable[[Path, Path], None]] = {
+    "truncated weights": lambda run, ckpt: _truncate(ckpt / "ae" / "model.safetensors"),
+    "garbage weights": lambda run, ckpt: (ckpt / "ae" / "model.safetensors").write_bytes(b"\x00garbage" * 50),
+    "truncated config.json": lambda run, ckpt: _truncate(run / "config.json"),
+    "garbage state.json": lambda run, ckpt: (ckpt / "state.json").write_text("{not json"),
+    "missing training_state.pt": lambda run, ckpt: (ckpt / "training_state.pt").unlink(),
+    "truncated training_state.pt": lambda run, ckpt: _truncate(ckpt / "training_state.pt"),
+    "garbage metrics line": lambda run, ckpt: (run / METRICS_FILE).write_text(
+        (run / METRICS_FILE).read_text() + '{"step": 3, "recon/lo\n'
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_run_file_is_one_line_on_resume_and_nothing_is_written(short_run: Path, damage: str) -> None:
+    """Each damaged file a crash or a mistake can leave is a GenlabError (one line from a script) naming the file;
+    the run folder is byte-identical afterwards."""
+    checkpoint = latest_checkpoint(short_run)
+    DAMAGES[damage](short_run, checkpoint)
+    before = run_files(short_run)
+    with pytest.raises(GenlabError) as caught:
+        fit_stochastic(build_stochastic(stochastic_config(short_run, resume=str(short_run), steps=8)))
+    message = str(caught.value)
+    assert "\n" not in message and ("damaged" in message or "missing" in message), message
+    assert run_files(short_run) == before
+
+
+# ---- 12. signals are never lost, and a second one stops at once ----
+
+
+def test_sigterm_during_evaluation_is_not_lost(tmp_path: Path) -> None:
+    """A SIGTERM that arrives while the loop samples or evaluates (where it used to be read too early and lost, the
+    process exiting 0) checkpoints at that step and exits 128 + SIGTERM."""
+    run_dir = tmp_path / "run"
+    trainer = build_stochastic(stochastic_config(run_dir, steps=12, eval_every=3, checkpoint_every=100))
+
+    def evaluate(trainer: Trainer) -> dict[str, float]:
+        if trainer.step == 6:
+            signal.raise_signal(signal.SIGTERM)
+        return {"zero": 0.0}
+
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.fit(synthetic("binary"), eval_fn=evaluate)
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert latest_name(run_dir) == "step_00000006"
+    assert signal.getsignal(signal.SIGTERM) is not trainer._handle_signal, "fit restores the previous handlers"
+
+
+def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path: Path) -> None:
+    """Ctrl-C twice: the second interrupt does not wait for the step, the sampling or the checkpoint."""
+    run_dir = tmp_path / "run"
+    trainer = build_stochastic(stochastic_config(run_dir, steps=12, sample_every=3, checkpoint_every=100))
+    reached: list[int] = []
+
+    def sample(trainer: Trainer) -> torch.Tensor:
+        if trainer.step == 3:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            reached.append(trainer.step)  # never: the second signal ends the process here
+        return decode_basis(trainer)
+
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.fit(synthetic("binary"), sample_fn=sample)
+    assert exit_info.value.code == 128 + signal.SIGINT
+    assert reached == [] and latest_checkpoint(run_dir) is None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_outside_the_loop_is_one_line(capsys: pytest.CaptureFixture, signum: int) -> None:
+    """Ctrl-C or SIGTERM while a script loads data or runs its final evaluation: one line, exit 128 + signal."""
+    from genlab.core.errors import exit_on_user_error
+
+    @exit_on_user_error
+    def script() -> None:
+        signal.raise_signal(signum)
+        time.sleep(5)
+
+    with pytest.raises(SystemExit) as exit_info:
+        script()
+    assert exit_info.value.code == 128 + signum
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err and signal.Signals(signum).name in err
+
+
+# ---- 13. durability, NaN on the step it happens, TensorBoard on resume, the progress bar ----
+
+
+def test_weights_and_state_reach_the_disk_before_latest_moves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsync of every file of a checkpoint (weights, EMA, training state) precedes the rename of `latest` to it,
+    so a power cut cannot leave `latest` pointing at a file the disk never received."""
+    events: list[str] = []
+    real_fsync, real_write = checkpoint_module.fsync_path, checkpoint_module.write_text_atomic
+
+    def fsync_path(path: Path) -> None:
+        events.append(f"fsync {Path(path).name}")
+        real_fsync(path)
+
+    def write_text_atomic(path: Path, text: str) -> None:
+        events.append(f"write {Path(path).name}")
+        real_write(path, text)
+
+    monkeypatch.setattr(checkpoint_module, "fsync_path", fsync_path)
+    monkeypatch.setattr(checkpoint_module, "write_text_atomic", write_text_atomic)
+    fit_stochastic(build_stochastic(stochastic_config(tmp_path / "run", steps=4)))
+    latest = events.index(f"write {LATEST}")
+    durable = events[:latest]
+    for name in ("model.safetensors", "training_state.pt", "state.json"):
+        assert durable.count(f"fsync {name}") == (2 if name == "model.safetensors" else 1), (name, durable)
+
+
+def test_a_nan_stops_on_the_step_it_happens_naming_the_loss(tmp_path: Path) -> None:
+    """With --log-every 100 the NaN of step 3 used to run on until a log step; now it stops at step 3 itself."""
+    run_dir = tmp_path / "run"
+    trainer = build_stochastic(stochastic_config(run_dir, log_every=100, sample_every=100), nan_from_step=2)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss recon/loss at step 3;"):
+        fit_stochastic(trainer)
+    assert trainer.step == 2
+
+
+def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path: Path) -> None:
+    """A crash after step 6 (checkpoint at 4) and a resume replays steps 5 and 6: TensorBoard must purge them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+
+    def crash_at_6(trainer: Trainer) -> None:
+        if trainer.step == 5:  # inside step 6 (the step counter is 0-based while a step runs)
+            raise CrashError
+
+    with pytest.raises(CrashError):
+        fit_stochastic(build_stochastic(stochastic_config(run_dir), after_step=crash_at_6))
+    resume_in_process(run_dir)
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("recon/loss")]
+    assert steps == list(range(1, STEPS + 1)), steps
+
+
+class RecordingBar:
+    """Stands in for tqdm: records every postfix the loop shows."""
+
+    shown: typing.ClassVar[list[dict[str, str]]] = []
+
+    def __init__(self, *args: Any, disable: bool = False, **kwargs: Any) -> None:
+        self.disable = disable
+
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix(self, values: dict[str, str], refresh: bool = True) -> None:
+        RecordingBar.shown.append(dict(values))
+
+    def close(self) -> None:
+        pass
+
+
+def test_progress_shows_every_rule_and_counts_every_batch_drawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A critic repeated 3 times and a generator once draw 4 batches a step. On a clock that moves one second per
+    loss, the bar shows both rules' losses every step, and both the bar and metrics.jsonl give batch_size images per
+    second (4 batches in 4 seconds), not a quarter of it."""
+    import tqdm.auto
+
+    now = [0.0]
+    monkeypatch.setattr(
+        trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0], monotonic=time.monotonic)
+    )
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    RecordingBar.shown = []
+    config = stochastic_config(tmp_path / "run", steps=4, grad_accum=1, log_every=2, progress=True)
+    trainer = Trainer(config, project=PROJECT)
+    critic, generator = (
+        trainer.add_model("critic", nn.Linear(PIXELS, 1)),
+        trainer.add_model("generator", nn.Linear(PIXELS, 1)),
+    )
+
+    def loss_of(model: nn.Module) -> Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        def loss(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            now[0] += 1.0
+            return model(batch.images.flatten(1)).pow(2).mean(), {}
+
+        return loss
+
+    trainer.add_update("critic", torch.optim.SGD(critic.parameters(), lr=0.01), loss_of(critic), ["critic"], repeats=3)
+    trainer.add_update("generator", torch.optim.SGD(generator.parameters(), lr=0.01), loss_of(generator), ["generator"])
+    trainer.fit(synthetic("binary"))
+    assert len(RecordingBar.shown) == 4
+    assert all(set(shown) == {"critic", "generator", "img/s"} for shown in RecordingBar.shown)
+    assert all(float(shown["img/s"]) == config.batch_size for shown in RecordingBar.shown)
+    rates = [line["images_per_second"] for line in metric_lines(tmp_path / "run") if "images_per_second" in line]
+    assert rates == [config.batch_size, config.batch_size]

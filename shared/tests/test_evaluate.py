@@ -10,15 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
+import genlab.core.evaluate as evaluate
 from genlab.core.classifier import main as classifier_main
 from genlab.core.data import load_dataset
 from genlab.core.errors import GenlabError
 from genlab.core.evaluate import main as eval_main
+from genlab.core.evaluate import reference_features
 from genlab.core.features import (
     ClassifierFeatures,
     DigitClassifier,
+    FeatureNetwork,
     TFInception,
     extract_features,
     tf1_bilinear_resize,
@@ -285,6 +290,200 @@ def test_genlab_eval_refuses_bad_input_in_one_line(
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1
+
+
+def unreadable_samples_file(path: Path, kind: str) -> None:
+    """Write a real samples file damaged in one way: the way files break on disk or are mistaken for others."""
+    good = np.random.default_rng(0).integers(0, 256, (20, 1, 8, 8), dtype=np.uint8)
+    np.savez_compressed(path, samples=good)
+    whole = path.read_bytes()
+    if kind == "truncated":  # a copy cut short: the zip's central directory at the end is gone
+        path.write_bytes(whole[: len(whole) // 2])
+    elif kind == "first bytes only":
+        path.write_bytes(whole[:10])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "garbage":
+        path.write_bytes(b"this is not an array file\n" * 20)
+    elif kind == "damaged member":  # the directory intact, the deflated array inside corrupted
+        path.write_bytes(whole[:60] + bytes(b ^ 0xFF for b in whole[60:200]) + whole[200:])
+    elif kind == "bare npy":  # np.save's .npy under an .npz name
+        with open(path, "wb") as handle:
+            np.save(handle, good)
+    elif kind == "pickled objects":
+        np.savez(path, samples=np.array([{"image": 1}] * 4, dtype=object))
+    elif kind == "3-d array":
+        np.savez(path, samples=good[:, 0])
+    elif kind == "zero-sized images":
+        np.savez(path, samples=np.zeros((4, 1, 0, 0), np.uint8))
+    else:
+        raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("truncated", "is not a readable .npz file (BadZipFile"),
+        ("first bytes only", "is not a readable .npz file (BadZipFile"),
+        ("empty", "is not a readable .npz file (EOFError"),
+        ("garbage", "is not a readable .npz file (ValueError"),
+        ("damaged member", "the array 'samples' cannot be read"),
+        ("bare npy", "one bare array (an .npy)"),
+        ("pickled objects", "the array 'samples' cannot be read (ValueError"),
+        ("3-d array", "must be uint8 (N, C, H, W)"),
+        ("zero-sized images", "must be uint8 (N, C, H, W)"),
+    ],
+)
+def test_an_unreadable_samples_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, kind: str, message: str
+) -> None:
+    """A truncated copy raised zipfile.BadZipFile as a traceback, since only OSError and ValueError were caught;
+    every way a samples file can be unreadable must end as one line naming the file, with exit status 2."""
+    path = tmp_path / "samples.npz"
+    unreadable_samples_file(path, kind)
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main(["--samples", str(path), "--dataset", "synthetic", "--features", "classifier",
+                   "--classifier", str(tmp_path / "absent")])  # fmt: skip
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert error.startswith("error: ") and str(path) in error and message in error, error
+
+
+def write_image_folder(folder: Path, count: int, low: int, high: int, seed: int, size: int = 8) -> Path:
+    """An imagefolder of ``count`` RGB PNGs with pixels uniform in [low, high): train/ only, so test is every 10th."""
+    rng = np.random.default_rng(seed)
+    train = folder / "train"
+    train.mkdir(parents=True)
+    names = []
+    for i in range(count):
+        names.append(f"img_{i:03d}.png")
+        Image.fromarray(rng.integers(low, high, (size, size, 3), dtype=np.uint8), mode="RGB").save(train / names[-1])
+    (train / "metadata.jsonl").write_text("".join(json.dumps({"file_name": name}) + "\n" for name in names))
+    return folder
+
+
+class PixelMoments(FeatureNetwork):
+    """A stand-in feature network for any image size: the mean of each channel over 2x2 blocks and each channel's
+    spread, with a record of how many images it has seen (a cache hit sees none)."""
+
+    has_logits = False
+    num_features = 15
+    preprocessing = "test: x / 255, block means and channel spreads"
+
+    def __init__(self, sha256: str = "a" * 64) -> None:
+        super().__init__()
+        self.name, self.sha256, self.seen = "test-pixel-moments", sha256, 0
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        self.seen += len(images)
+        x = images.float() / 255.0
+        return torch.cat([F.adaptive_avg_pool2d(x, 2).flatten(1), x.flatten(2).std(dim=2)], dim=1), None
+
+
+KEY_CHANGES = ["data root", "network hash", "count", "image size", "torch-fidelity version", "genlab-core version",
+               "feature code version"]  # fmt: skip
+
+
+@pytest.mark.parametrize("change", KEY_CHANGES)
+def test_reference_cache_key_changes_with_each_input_of_the_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """The cache key once ignored the data root: the same samples scored against a dark folder and then a noise
+    folder both reported the dark folder's FID. The features depend on the data's pixels, the network's weights,
+    the count, the image size and the code that computes them, so a change to any one must miss the cache (the
+    network sees the images again and a second entry is written), while the unchanged call hits it."""
+    dark = write_image_folder(tmp_path / "dark", 30, 0, 40, seed=1)
+    noise = write_image_folder(tmp_path / "noise", 30, 0, 256, seed=2)
+    network = PixelMoments()
+    common = {"dataset": "imagefolder", "split": "train", "batch_size": 4, "device": torch.device("cpu")}
+    base = {"network": network, "count": 10, "shape": (3, 8, 8), "data_dir": str(dark)}
+    first, _, used = reference_features(**base, **common)
+    assert (network.seen, used) == (10, 10)
+    again, _, _ = reference_features(**base, **common)
+    assert network.seen == 10  # served from the cache
+    torch.testing.assert_close(again, first)
+    changed = dict(base)
+    if change == "data root":
+        changed["data_dir"] = str(noise)
+    elif change == "network hash":
+        changed["network"] = PixelMoments(sha256="b" * 64)
+    elif change == "count":
+        changed["count"] = 12
+    elif change == "image size":
+        changed["shape"] = (3, 6, 6)
+    elif change == "feature code version":
+        monkeypatch.setattr(evaluate, "FEATURE_CODE_VERSION", evaluate.FEATURE_CODE_VERSION + 1)
+    else:
+        package = change.removesuffix(" version")
+        real = evaluate.package_version
+        monkeypatch.setattr(evaluate, "package_version", lambda name: "999.0" if name == package else real(name))
+    seen_before = changed["network"].seen
+    features, _, used = reference_features(**changed, **common)
+    assert changed["network"].seen == seen_before + used  # a cache miss: the features were computed
+    assert len(list(Path(os.environ["GENLAB_CACHE"]).glob("*.safetensors"))) == 2
+    assert used == changed["count"] and len(features) == used
+    if change in ("data root", "image size"):
+        assert not torch.allclose(features, first)  # what a hit on the old entry would have returned
+
+
+def use_pixel_moments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """genlab-eval with PixelMoments as its feature network (15-d: FID's matrix square root of 2048-d Inception
+    features would take seconds per score on two cores), however --features asks for it."""
+    monkeypatch.setattr(evaluate, "load_feature_network", lambda kind, dataset, path="": PixelMoments())
+
+
+def test_genlab_eval_scores_against_the_data_root_it_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reported failure end to end: one set of samples scored against a dark folder, then against a noise
+    folder through the same cache, must give each folder's own score, the one a fresh cache gives."""
+    use_pixel_moments(monkeypatch)
+    dark = write_image_folder(tmp_path / "dark", 40, 0, 40, seed=1)
+    noise = write_image_folder(tmp_path / "noise", 40, 0, 256, seed=2)
+    samples = write_npz(tmp_path / "samples.npz", torch.randint(0, 120, (20, 3, 8, 8), dtype=torch.uint8))
+
+    def fid(data_dir: Path, cache: str) -> float:
+        monkeypatch.setenv("GENLAB_CACHE", str(tmp_path / cache))
+        out = tmp_path / f"{data_dir.name}-{cache}.json"
+        eval_main(["--samples", str(samples), "--dataset", "imagefolder", "--data-dir", str(data_dir),
+                   "--no-floor", "--kid-subsets", "5", "--kid-subset-size", "10", "--device", "cpu",
+                   "--out", str(out)])  # fmt: skip
+        return json.loads(out.read_text())["scores"]["fid"]
+
+    shared_dark, shared_noise = fid(dark, "shared"), fid(noise, "shared")
+    fresh_dark, fresh_noise = fid(dark, "fresh-dark"), fid(noise, "fresh-noise")
+    assert shared_dark == pytest.approx(fresh_dark, rel=1e-9)
+    assert shared_noise == pytest.approx(fresh_noise, rel=1e-9)
+    assert abs(shared_noise - shared_dark) > 0.1 * max(shared_noise, shared_dark)
+
+
+def test_a_floor_at_fewer_images_than_the_samples_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Twemoji's test split has 191 images, so its floor was taken at 191 while the score was at 1,000 samples, and
+    nothing said so. FID is biased upwards at small counts: a floor at fewer images than the samples is not
+    comparable to the score, and the report and the printed table must say so (as for a reference smaller than
+    the samples); at equal counts they say nothing."""
+    use_pixel_moments(monkeypatch)
+    folder = write_image_folder(tmp_path / "folder", 60, 0, 256, seed=3)  # train 54 images, test 6
+    common = ["--dataset", "imagefolder", "--data-dir", str(folder), "--kid-subsets", "5", "--kid-subset-size", "4",
+              "--device", "cpu"]  # fmt: skip
+    many = write_npz(tmp_path / "many.npz", torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8))
+    eval_main(["--samples", str(many), *common, "--out", str(tmp_path / "many.json")])
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "many.json").read_text())
+    assert report["floor"]["count"] == 6 and report["num_samples"] == 20
+    (note,) = report["notes"]
+    assert "floor is at 6 images" in note and "20 samples" in note and "not comparable" in note
+    assert f"note: {note}" in printed
+    few = write_npz(tmp_path / "few.npz", torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8))
+    eval_main(["--samples", str(few), *common, "--out", str(tmp_path / "few.json")])
+    assert "note:" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "few.json").read_text())["notes"] == []
+    # More samples than the reference split itself holds: that is said too.
+    most = write_npz(tmp_path / "most.npz", torch.randint(0, 256, (58, 3, 8, 8), dtype=torch.uint8))
+    eval_main(["--samples", str(most), *common, "--no-floor", "--out", str(tmp_path / "most.json")])
+    (note,) = json.loads((tmp_path / "most.json").read_text())["notes"]
+    assert "reference is 54 images" in note and "58 samples" in note and f"note: {note}" in capsys.readouterr().out
 
 
 REAL_DATA = os.environ.get("GENLAB_REAL_DATA", "")

@@ -81,7 +81,7 @@ def test_order_agnostic_made_reports_its_ensemble_and_samples_naively(
     assert json.loads((run / "config.json").read_text())["model"]["num_masks"] == 3
 
     sample.main(["--run", str(run), "--out", str(out), "--count", "3", "--completions", "2", "--completions-per-image",
-                 "2", "--nll", "--npz", "--device", "cpu"])  # fmt: skip
+                 "2", "--nll", "--npz", "3", "--device", "cpu"])  # fmt: skip
     reloaded = json.loads((out / "test_nll.json").read_text())
     assert reloaded["nll_nats"] == pytest.approx(results["nll_nats"], rel=1e-5)
     assert reloaded["ensemble_nll_nats"] == pytest.approx(results["ensemble_nll_nats"], rel=1e-5)
@@ -104,9 +104,11 @@ def test_ar_sample_writes_samples_completions_and_a_sampler_comparison(tmp_path:
                 "--run-dir", str(run)])  # fmt: skip
     assert json.loads((run / "config.json").read_text())["model"]["num_classes"] == 4
     sample.main(["--run", str(run), "--out", str(out), "--count", "4", "--completions", "2", "--completions-per-image",
-                 "2", "--compare-samplers", "--compare-count", "3", "--npz", "--nll", "--device", "cpu"])  # fmt: skip
+                 "2", "--compare-samplers", "--compare-count", "3", "--npz", "4", "--nll",
+                 "--device", "cpu"])  # fmt: skip
     names = {path.name for path in out.iterdir()}
-    assert names == {"samples.png", "samples.npz", "completions.png", "sampler_speed.json", "test_nll.json"}
+    assert names == {"samples.png", "samples.npz", "samples.json", "completions.png", "sampler_speed.json",
+                     "test_nll.json"}  # fmt: skip
     images = np.load(out / "samples.npz")["samples"]
     assert images.shape == (4, 1, 8, 8) and set(np.unique(images)) <= {0, 255}
     speed = json.loads((out / "sampler_speed.json").read_text())

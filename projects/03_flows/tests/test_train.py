@@ -67,7 +67,8 @@ def test_flow_sample_writes_every_picture_and_reproduces_the_test_bits_per_dim(t
                  "--interpolations", "1", "--interpolation-steps", "3", "--scale-images", "2", "--nll",
                  "--npz", "5", "--device", "cpu"])  # fmt: skip
     names = {path.name for path in out.iterdir()}
-    assert names == {"temperatures.png", "interpolations.png", "scales.png", "test_bits_per_dim.json", "samples.npz"}
+    assert names == {"temperatures.png", "interpolations.png", "scales.png", "test_bits_per_dim.json", "samples.npz",
+                     "samples.json"}  # fmt: skip
     pixels = np.load(out / "samples.npz")["samples"]
     assert pixels.dtype == np.uint8 and pixels.shape[0] == 5 and pixels.shape[1] == 1
     reloaded = json.loads((out / "test_bits_per_dim.json").read_text())
@@ -153,7 +154,7 @@ def test_overflowed_samples_are_drawn_black_and_counted(capsys: pytest.CaptureFi
     [
         ([], "--run is required"),
         (["--run", "x", "--temperatures", "-1"], "--temperatures must be numbers >= 0"),
-        (["--run", "x", "--per-row", "0"], "--per-row >= 1"),
+        (["--run", "x", "--per-row", "0"], "--per-row must be a number >= 1"),
         (["--run", str(Path("no") / "such" / "run")], "does not exist"),
     ],
 )

@@ -9,19 +9,23 @@ A run folder ``runs/<project>/<name>/`` holds::
     checkpoints/step_00001000/  <model>/model.safetensors (+ config.json), <model>_ema/..., training_state.pt,
                                 state.json
 
-A checkpoint is written into a hidden temporary folder and renamed into place, and ``latest`` is replaced
-atomically after it, so a crash mid-write leaves the previous checkpoint whole and still ``latest``.
+A checkpoint is written into a hidden temporary folder, every file in it flushed to the disk (fsync), and only
+then renamed into place; ``latest`` is replaced atomically after it. So a crash or a power cut mid-write leaves
+the previous checkpoint whole and still ``latest``, and ``latest`` never names a file the disk does not hold.
+A damaged file (truncated weights, garbage JSON) is a one-line error naming it, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from genlab.core.config import CONFIG_FILE
@@ -38,6 +42,23 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries, to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` and every folder's entries (so a later rename moves durable files)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fsync_path(Path(root) / name)
+        fsync_path(Path(root))
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a small file so readers see the old or the new content, never half of one."""
     temporary = path.with_name(f".{path.name}.tmp")
@@ -46,6 +67,28 @@ def write_text_atomic(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+    fsync_path(path.parent)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file a run folder needs, or one line saying it is missing or damaged."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise GenlabError(f"{path} is missing: {what}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GenlabError(f"{path} is damaged ({type(error).__name__}: {error}): {what}") from None
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    """The optimizer / scheduler / scaler state of a checkpoint (plain tensors and numbers only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise GenlabError(f"{path} is missing: the checkpoint cannot be resumed (its weights can be sampled)") from None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise GenlabError(f"{path} is damaged ({first}): the checkpoint cannot be resumed") from None
 
 
 def save_module(module: torch.nn.Module, folder: Path) -> None:
@@ -64,6 +107,8 @@ def load_module_weights(module: torch.nn.Module, folder: Path) -> None:
         raise GenlabError(f"{folder} has no {WEIGHTS}")
     try:
         load_model(module, str(path), strict=True)
+    except (SafetensorError, OSError) as error:
+        raise GenlabError(f"{path} is damaged or not safetensors ({error})") from None
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise GenlabError(f"weights in {path} do not fit this model ({first})") from None
@@ -87,10 +132,12 @@ def save_checkpoint(
     for name, module in modules.items():
         save_module(module, temporary / name)
     torch.save(training_state, temporary / TRAINING_STATE)
-    write_text_atomic(temporary / STATE, json.dumps({"step": step, **state}, indent=1))
+    (temporary / STATE).write_text(json.dumps({"step": step, **state}, indent=1))
+    fsync_tree(temporary)  # durable before it is renamed into place and before `latest` moves to it
     if final.exists():
         shutil.rmtree(final)
     os.replace(temporary, final)
+    fsync_path(folder)
     write_text_atomic(folder / LATEST, final.name)
     if keep > 0:
         finished = sorted(p for p in folder.glob("step_*") if p.is_dir())
@@ -105,8 +152,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     pointer = Path(run_dir) / CHECKPOINTS / LATEST
     if not pointer.is_file():
         return None
-    folder = pointer.parent / pointer.read_text().strip()
-    return folder if (folder / STATE).is_file() else None
+    try:
+        name = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise GenlabError(f"{pointer} is damaged ({error})") from None
+    folder = pointer.parent / name
+    return folder if name and (folder / STATE).is_file() else None
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
@@ -123,10 +174,14 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """A run folder's config.json: {"project": ..., "config": {...}, and what the script saved beside it}."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise GenlabError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
-    return json.loads(path.read_text())
+    info = read_json(path, "the run's resolved config")
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise GenlabError(f"{path} is damaged: it holds no config")
+    return info
 
 
 def resolve_device(name: str) -> torch.device:
@@ -157,6 +212,6 @@ def load_pretrained(path: str | Path, model_class: type, name: str, project: str
         raise GenlabError(f"{checkpoint} has no model {name!r}")
     try:
         return model_class.from_pretrained(str(folder))
-    except (RuntimeError, TypeError, ValueError, KeyError) as error:
+    except (RuntimeError, TypeError, ValueError, KeyError, OSError, SafetensorError) as error:
         first = str(error).strip().splitlines()[0]
         raise GenlabError(f"{folder} does not hold a {model_class.__name__} ({first})") from None

@@ -170,7 +170,12 @@ def load_saved_config(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise GenlabError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GenlabError(f"{path} is damaged ({type(error).__name__}: {error})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise GenlabError(f"{path} is damaged: it holds no config")
     return dict(saved["config"])
 
 

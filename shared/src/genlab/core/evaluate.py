@@ -7,15 +7,22 @@ Samples are uint8 (N, C, H, W) in 0..255 under the key ``samples`` of an .npz (e
 one with ``--npz``). The report states what a score depends on: the number of samples, the reference set
 (data set, split, count), the feature network and its sha256. Beside the score it gives the data-vs-data
 floor: the same metrics between N reference images and N images of the other split, which is what a
-perfect model would get at this sample count.
+perfect model would get at this sample count. Where a split has fewer than N images (Twemoji's test split has
+191) the floor is taken at that smaller count, and the report says so: FID is biased upwards at small counts, so
+such a floor is not comparable to the score.
 
-Reference features are cached per (data set, split, image size, feature network hash, count), under
-$GENLAB_CACHE or ~/.cache/genlab/eval; the reference images are the first N of a fixed permutation of the
-split, so a cache entry never mixes two subsets.
+Reference features are cached under $GENLAB_CACHE or ~/.cache/genlab/eval, keyed by everything that changes
+them: the sha256 of the loaded split's pixels (so another data root, other files, another image size or resize
+give another key), the data set, split, channels and image size, the count and the fixed permutation (the first
+N of it), the feature network's name, sha256 and preprocessing, genlab's feature-code version, the versions of
+genlab-core, torch-fidelity and torch, and the device type. Each cache file stores its key and is used only when
+the key matches in full. The split is loaded (and hashed) on every run, which is cheap next to the features.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import os
 from collections.abc import Sequence
@@ -25,13 +32,14 @@ from typing import Literal
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from genlab.core.checkpoint import read_run_info, resolve_device
 from genlab.core.config import option, parse_config
-from genlab.core.data import DATASETS, load_dataset
+from genlab.core.data import DATASETS, ImageDataset, load_dataset
 from genlab.core.errors import GenlabError, exit_on_user_error
-from genlab.core.features import FeatureNetwork, extract_features, load_feature_network
+from genlab.core.features import FEATURE_CODE_VERSION, FeatureNetwork, extract_features, load_feature_network
 from genlab.core.metrics import (
     feature_statistics,
     frechet_distance,
@@ -43,6 +51,7 @@ from genlab.core.metrics import (
 SAMPLES_KEY = "samples"
 REFERENCE_SEED = 0
 OTHER_SPLIT = {"train": "test", "test": "train"}
+CACHE_FORMAT = "2"  # 1: keyed by (data set, split, size, network hash, count) only
 
 
 @dataclass
@@ -97,14 +106,8 @@ def read_samples(source: str | Path, count: int = 0) -> SampleSet:
         path = source
     else:
         raise GenlabError(f"{source} does not exist")
-    try:
-        with np.load(path) as archive:
-            if SAMPLES_KEY not in archive:
-                raise GenlabError(f"{path} has no array {SAMPLES_KEY!r} (it has: {', '.join(archive.files)})")
-            array = archive[SAMPLES_KEY]
-    except (OSError, ValueError) as error:
-        raise GenlabError(f"{path} is not an .npz file ({error})") from None
-    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1] not in (1, 3):
+    array = _read_npz_array(path)
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1] not in (1, 3) or 0 in array.shape[2:]:
         raise GenlabError(
             f"{path}: samples must be uint8 (N, C, H, W) with C = 1 or 3, got {array.dtype} {array.shape}"
         )
@@ -115,6 +118,92 @@ def read_samples(source: str | Path, count: int = 0) -> SampleSet:
     if len(array) < 2:
         raise GenlabError(f"{path} holds {len(array)} sample(s); the metrics need at least 2")
     return SampleSet(torch.from_numpy(np.ascontiguousarray(array)), path, run_config)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def _read_npz_array(path: Path) -> np.ndarray:
+    """The array ``samples`` of an .npz; any file numpy cannot read that way is a one-line GenlabError.
+
+    A damaged file fails in many ways (zipfile.BadZipFile when truncated, zlib.error or a CRC error in a damaged
+    member, EOFError when empty, ValueError for pickled or garbage bytes, a bare ndarray for an .npy), so every
+    failure to read is caught here and named, rather than listed and one forgotten.
+    """
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as error:  # any unreadable file means the same thing to the user
+        raise GenlabError(f"{path} is not a readable .npz file ({_first_line(error)})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise GenlabError(f"{path} holds one bare array (an .npy), not an .npz with an array {SAMPLES_KEY!r}")
+    with loaded as archive:
+        if SAMPLES_KEY not in archive.files:
+            raise GenlabError(f"{path} has no array {SAMPLES_KEY!r} (it has: {', '.join(archive.files) or 'none'})")
+        try:
+            return archive[SAMPLES_KEY]
+        except Exception as error:  # a damaged member: bad CRC, bad deflate stream, short data, object dtype
+            raise GenlabError(f"{path}: the array {SAMPLES_KEY!r} cannot be read ({_first_line(error)})") from None
+
+
+def package_version(name: str) -> str:
+    """The installed version of a distribution, or "absent"; part of the reference cache key."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def images_sha256(images: torch.Tensor) -> str:
+    """sha256 of a uint8 image tensor's shape and pixels: the identity of the data the features are taken of."""
+    array = np.ascontiguousarray(images.cpu().numpy())
+    digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def reference_cache_key(
+    network: FeatureNetwork, data: ImageDataset, dataset: str, split: str, count: int, device: torch.device
+) -> dict[str, str]:
+    """Everything that changes the reference features; two runs share a cache entry only if all of it agrees."""
+    channels, image_size, _ = data.shape
+    return {
+        "format": CACHE_FORMAT,
+        "dataset": dataset,
+        "split": split,
+        "data_sha256": images_sha256(data.images),  # the pixels after loading: root, files, resize, size
+        "channels": str(channels),
+        "image_size": str(image_size),
+        "order": f"randperm seed {REFERENCE_SEED}",
+        "count": str(count),
+        "network": network.name,
+        "network_sha256": network.sha256,
+        "preprocessing": network.preprocessing,
+        "feature_code": str(FEATURE_CODE_VERSION),
+        "genlab_core": package_version("genlab-core"),
+        "torch_fidelity": package_version("torch-fidelity"),
+        "torch": torch.__version__,
+        "device": device.type,
+    }
+
+
+def cache_path(key: dict[str, str]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return cache_root() / f"{key['dataset']}-{key['split']}-{digest[:32]}.safetensors"
+
+
+def _read_cache(path: Path, key: dict[str, str]) -> dict[str, torch.Tensor] | None:
+    """The cached tensors if ``path`` holds features for exactly ``key``; None for a miss or a damaged file."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if handle.metadata() != key:
+                return None
+        return load_file(str(path))
+    except Exception:  # a damaged or foreign file is recomputed and replaced, never trusted
+        return None
 
 
 def cache_root() -> Path:
@@ -128,24 +217,25 @@ def reference_features(
     """Features of the first ``count`` images of a fixed permutation of a split; (features, logits, count).
 
     ``count`` is capped at the split's size; the count used is returned. ``shape`` is the samples' (C, H, W):
-    the images are resized to H and must have C channels. Cached on disk by every input that changes the result.
+    the images are resized to H and must have C channels. Cached on disk under a key of every input that changes
+    the result (``reference_cache_key``); the split is loaded every time, since its pixels are part of the key.
     """
     channels, image_size, _ = shape
-    key = f"{dataset}-{split}-{channels}x{image_size}px-{network.name.replace(':', '_').replace('/', '_')}"
-    path = cache_root() / f"{key}-{network.sha256[:16]}-n{count}.safetensors"
-    if path.is_file():
-        cached = load_file(str(path))
-        return cached["features"], cached.get("logits"), len(cached["features"])
     data = load_dataset(dataset, split, data_dir=data_dir or None, image_size=image_size)
     if data.shape[0] != channels:
         raise GenlabError(f"the samples have {channels} channel(s), {dataset} has {data.shape[0]}")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(REFERENCE_SEED))
     used = min(count, len(data))
+    key = reference_cache_key(network, data, dataset, split, used, torch.device(device))
+    path = cache_path(key)
+    cached = _read_cache(path, key)
+    if cached is not None:
+        return cached["features"], cached.get("logits"), len(cached["features"])
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(REFERENCE_SEED))
     features, logits = extract_features(network, data.images[order[:used]], batch_size, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"features": features} if logits is None else {"features": features, "logits": logits}
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(temporary))
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(temporary), metadata=key)
     temporary.replace(path)
     return features, logits, used
 
@@ -190,7 +280,13 @@ def evaluate(config: EvalConfig) -> dict:
         "reference": {"dataset": dataset, "split": config.reference, "count": reference_count, "size": height},
         "feature_network": {"name": network.name, "sha256": network.sha256},
         "scores": score(generated, reference, config),
+        "notes": [],
     }
+    if reference_count < count:
+        report["notes"].append(
+            f"the reference is {reference_count} images ({dataset} {config.reference} has no more), fewer than the "
+            f"{count} samples"
+        )
     if generated_logits is not None:
         mean, std = inception_score(generated_logits)
         report["scores"].update(inception_score=mean, inception_score_std=std)
@@ -206,6 +302,13 @@ def evaluate(config: EvalConfig) -> dict:
         if other_logits is not None:
             floor["inception_score"] = inception_score(other_logits[:floor_count])[0]
         report["floor"] = {"split": other_split, "count": floor_count, "scores": floor}
+        if floor_count < count:
+            smaller = other_split if other_count <= reference_count else config.reference
+            report["notes"].append(
+                f"the data floor is at {floor_count} images ({dataset} {smaller} has no more), not at the {count} "
+                "samples: FID is biased upwards at small counts (and KID's spread and precision/recall change with "
+                "the count), so this floor is not comparable to the scores"
+            )
     out = Path(config.out) if config.out else samples.path.with_name(
         f"eval-{config.features}-{config.reference}-{count}.json"
     )  # fmt: skip
@@ -233,6 +336,7 @@ def format_report(report: dict) -> str:
         lines.append(f"{name:<16}{value:>12.4f}{floor_text}")
     if "inception_score" in report:
         lines.append(f"inception score: {report['inception_score']}")
+    lines.extend(f"note: {note}" for note in report.get("notes", []))
     lines.append(f"report: {report['report']}")
     return "\n".join(lines)
 

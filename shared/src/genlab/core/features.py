@@ -28,6 +28,10 @@ from torch import nn
 
 from genlab.core.errors import GenlabError
 
+# The version of the code in this file that turns images into features. Bump it whenever a change here alters the
+# features a network gives for the same images and weights (preprocessing, the layer read, the dtype): it is part
+# of genlab-eval's cache key, so reference features computed by the old code are not served for the new.
+FEATURE_CODE_VERSION = 1
 INCEPTION_FILE = "inception-2015-12-05.torchscript.pt"
 INCEPTION_SIZE = 299
 INCEPTION_FEATURES = 2048
@@ -76,6 +80,7 @@ class FeatureNetwork(nn.Module):
     sha256: str
     num_features: int
     has_logits: bool
+    preprocessing: str = ""  # what happens to the uint8 images before the weights see them, for the cache key
 
     def train(self, mode: bool = True) -> FeatureNetwork:
         # A feature network in training mode (batch statistics, dropout) gives scores that depend on the batch.
@@ -90,6 +95,7 @@ class TFInception(FeatureNetwork):
 
     has_logits = False
     num_features = INCEPTION_FEATURES
+    preprocessing = "grey to rgb; tf1 bilinear resize to 299 on 0..255; (x - 128) / 128; pool3"
 
     def __init__(self, network: nn.Module, name: str, sha256: str) -> None:
         super().__init__()
@@ -148,6 +154,7 @@ class TorchFidelityInception(FeatureNetwork):
 
     has_logits = True
     num_features = INCEPTION_FEATURES
+    preprocessing = "grey to rgb; torch-fidelity inception-v3-compat's own (its version is in the cache key)"
     url = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 
     def __init__(self) -> None:
@@ -207,6 +214,7 @@ class ClassifierFeatures(FeatureNetwork):
     """A trained DigitClassifier as a feature network (penultimate layer and logits)."""
 
     has_logits = True
+    preprocessing = "x / 255 at 1x28x28; penultimate layer and logits"
 
     def __init__(self, classifier: DigitClassifier, name: str, sha256: str) -> None:
         super().__init__()

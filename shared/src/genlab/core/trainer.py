@@ -10,6 +10,11 @@ atomic checkpoints every N steps and on SIGINT/SIGTERM, exact resume, and a clea
 Exact resume needs no saved random-number state: step ``s`` on process ``r`` reseeds torch from
 (seed, s, r), and the batch stream is a function of (seed, number of batches drawn).
 
+``Trainer(config, ...)`` seeds torch from ``config.seed``: build the networks after it, so ``--seed`` fixes the
+initial weights in every project the same way. Nothing is written until ``fit`` has checked everything (the data
+against the batch size, a resumed checkpoint and the settings it may and may not change), so a refused command
+leaves a run folder as it found it.
+
     trainer = Trainer(config, project="vae", config_extra={"model": model_config})
     model = trainer.add_model("vae", VAE(model_config))
     trainer.add_update("elbo", torch.optim.Adam(model.parameters(), lr=config.lr), loss_fn, models=["vae"])
@@ -24,7 +29,9 @@ import dataclasses
 import json
 import math
 import signal
+import sys
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,9 +42,13 @@ import torch
 from torch import nn
 
 from genlab.core.checkpoint import (
+    STATE,
     TRAINING_STATE,
     latest_checkpoint,
     load_module_weights,
+    load_training_state,
+    read_json,
+    read_run_info,
     resolve_device,
     save_checkpoint,
     write_text_atomic,
@@ -96,7 +107,24 @@ class TrainConfig:
             raise GenlabError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.image_size is not None and self.image_size <= 0:
             raise GenlabError(f"--image-size must be positive, got {self.image_size}")
+        for name in ("run_dir", "resume"):
+            path = Path(getattr(self, name)) if getattr(self, name) else None
+            if path is not None and path.exists() and not path.is_dir():
+                raise GenlabError(f"--{name.replace('_', '-')} {path} is a file, not a run folder")
+        if self.resume and self.run_dir and Path(self.run_dir).resolve() != Path(self.resume).resolve():
+            raise GenlabError(
+                f"--run-dir {self.run_dir} and --resume {self.resume} name two folders: a resumed run stays in its "
+                "folder (copy the folder first to branch a run)"
+            )
         resolve_device(self.device)
+
+    # Flags that a resumed run may change: how long it trains, how often it logs and saves, where it runs, where
+    # its data lives. Everything else (learning rates, batch size, seed, sizes) is fixed by the optimizer state
+    # and the data order already in the checkpoint. A project adds its evaluation-only flags.
+    resumable: typing.ClassVar[tuple[str, ...]] = (
+        "steps", "time_limit", "log_every", "sample_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+        "progress", "device", "compile", "data_dir", "resume", "run_dir",
+    )  # fmt: skip
 
 
 @dataclass
@@ -150,10 +178,13 @@ class Trainer:
 
         self.config = config
         self.project = project
+        self.config_extra: dict[str, Any] = {}
+        self.record(**(config_extra or {}))
         # The process group first: every process must agree on the run folder before the loggers open it.
         state = PartialState(cpu=config.device == "cpu")
         self.rank, self.world_size = state.process_index, state.num_processes
         self.run_dir = self._resolve_run_dir(config)
+        self.resume_from = self._check_resume() if config.resume else None
         self.accelerator = Accelerator(
             cpu=config.device == "cpu",
             mixed_precision=config.precision,
@@ -167,14 +198,7 @@ class Trainer:
         self.step = 0
         self.stream: BatchStream | None = None
         self._stop_signal: int | None = None
-        torch.manual_seed(config.seed)  # the same initial weights on every process
-        if self.accelerator.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "samples").mkdir(exist_ok=True)
-            saved = {"project": project, "config": config_to_dict(config)}
-            saved.update(json.loads(json.dumps(config_extra or {}, default=_jsonable)))
-            write_text_atomic(self.run_dir / CONFIG_FILE, json.dumps(saved, indent=1))
-        self.accelerator.wait_for_everyone()
+        torch.manual_seed(config.seed)  # the networks are built after this: the same initial weights everywhere
 
     def _resolve_run_dir(self, config: TrainConfig) -> Path:
         from accelerate.utils import broadcast_object_list
@@ -192,6 +216,55 @@ class Trainer:
         if self.world_size > 1:
             broadcast_object_list(stamp)  # one folder name for all processes
         return Path("runs") / self.project / f"{config.dataset}-{stamp[0]}"
+
+    def _check_resume(self) -> Path:
+        """Everything a resume needs, checked before anything is written: the run is this project's, it has a
+        readable checkpoint short of --steps, and only the flags in ``config.resumable`` differ from the run's."""
+        run, config = self.run_dir, self.config
+        info = read_run_info(run)
+        if info.get("project") != self.project:
+            raise GenlabError(f"{run} is a run of project {info.get('project')!r}, not {self.project!r}")
+        checkpoint = latest_checkpoint(run)
+        if checkpoint is None:
+            raise GenlabError(f"{run} has no checkpoint to resume from")
+        step = read_json(checkpoint / STATE, "the checkpoint cannot be resumed").get("step")
+        if not isinstance(step, int):
+            raise GenlabError(f"{checkpoint / STATE} is damaged: it has no step")
+        if step >= config.steps:
+            raise GenlabError(f"{run} is already at step {step} of --steps {config.steps}: raise --steps to go on")
+        asked, saved = config_to_dict(config), info["config"]
+        changed = [
+            f"--{name.replace('_', '-')} {asked[name]} (the run has {saved.get(name)})"
+            for name in asked
+            if name not in config.resumable and asked[name] != saved.get(name)
+        ]
+        if changed:
+            raise GenlabError(
+                f"cannot resume {run} with other settings: {'; '.join(changed)}. A resumed run may change only "
+                f"{', '.join('--' + n.replace('_', '-') for n in config.resumable if n not in ('resume', 'run_dir'))}"
+            )
+        return checkpoint
+
+    def _check_recorded(self) -> None:
+        """On resume, what the script recorded beside the config (the architecture) must equal the run's."""
+        info = read_run_info(self.run_dir)
+        changed = [key for key, value in self.config_extra.items() if key in info and value != info[key]]
+        if changed:
+            raise GenlabError(f"cannot resume {self.run_dir}: its {', '.join(changed)} differs from this command's")
+
+    def record(self, **values: Any) -> None:
+        """Values saved in config.json beside the config (a model's architecture, a recipe), so sample and resume
+        can rebuild the run; a resume whose values differ is refused. Call before ``fit``."""
+        self.config_extra.update(json.loads(json.dumps(values, default=_jsonable)))
+
+    def _write_run_folder(self) -> None:
+        """The resolved config and the samples folder, once every check has passed."""
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "samples").mkdir(exist_ok=True)
+            saved = {"project": self.project, "config": config_to_dict(self.config), **self.config_extra}
+            write_text_atomic(self.run_dir / CONFIG_FILE, json.dumps(saved, indent=1))
+        self.accelerator.wait_for_everyone()
 
     # ---- what a project declares ----
 
@@ -261,39 +334,49 @@ class Trainer:
 
     def load(self, checkpoint: Path) -> None:
         """Restore models, EMA, optimizers, schedulers, scaler, step and data position from a checkpoint."""
-        state = json.loads((checkpoint / "state.json").read_text())
+        state = read_json(checkpoint / STATE, "the checkpoint cannot be resumed")
         if state.get("project") != self.project:
             raise GenlabError(f"{checkpoint} is a checkpoint of project {state.get('project')!r}, not {self.project!r}")
         for name in self.models:
             load_module_weights(self.unwrap(name), checkpoint / name)
         for name, ema in self.ema_models.items():
             load_module_weights(ema, checkpoint / f"{name}_ema")
-        training = torch.load(checkpoint / TRAINING_STATE, map_location="cpu", weights_only=True)
-        if len(training["optimizers"]) != len(self.rules):
-            raise GenlabError(
-                f"{checkpoint} has {len(training['optimizers'])} optimizers, this model {len(self.rules)}"
-            )
-        for rule, optimizer_state, scheduler_state in zip(
-            self.rules, training["optimizers"], training["schedulers"], strict=True
-        ):
-            rule.optimizer.load_state_dict(optimizer_state)
-            rule.scheduler.load_state_dict(scheduler_state)
-        if training["scaler"] is not None and self.accelerator.scaler is not None:
-            self.accelerator.scaler.load_state_dict(training["scaler"])
-        self.step = int(state["step"])
-        self._resume_draws = state["draws"]
+        training = load_training_state(checkpoint / TRAINING_STATE)
+        try:
+            if len(training["optimizers"]) != len(self.rules):
+                raise GenlabError(
+                    f"{checkpoint} has {len(training['optimizers'])} optimizers, this model {len(self.rules)}"
+                )
+            for rule, optimizer_state, scheduler_state in zip(
+                self.rules, training["optimizers"], training["schedulers"], strict=True
+            ):
+                rule.optimizer.load_state_dict(optimizer_state)
+                rule.scheduler.load_state_dict(scheduler_state)
+            if training["scaler"] is not None and self.accelerator.scaler is not None:
+                self.accelerator.scaler.load_state_dict(training["scaler"])
+            self.step = int(state["step"])
+            self._resume_draws = state["draws"]
+        except (KeyError, TypeError, ValueError) as error:
+            raise GenlabError(f"{checkpoint} does not fit this run's optimizers ({type(error).__name__})") from None
 
     # ---- the loop ----
 
     def _handle_signal(self, signum: int, _frame: Any) -> None:
+        """The first SIGINT/SIGTERM asks for a checkpoint at the end of the step; a second one stops at once."""
+        if self._stop_signal is not None:
+            raise SystemExit(128 + signum)
         self._stop_signal = signum
+        if self.accelerator.is_main_process:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+                  "(send it again to stop at once, without one)", file=sys.stderr, flush=True)  # fmt: skip
 
-    def _stop_requested(self) -> bool:
+    def _stop_requested(self, now: bool = False) -> bool:
         """Whether a SIGINT/SIGTERM arrived. One process: checked every step at no cost. Several: the flag is
-        agreed on by an all-reduce every 10 steps, so that every process stops (and checkpoints) at the same step."""
+        agreed on by an all-reduce every 10 steps (and whenever ``now``, at steps every process reaches alike),
+        so that every process stops (and checkpoints) at the same step."""
         if self.world_size == 1:
             return self._stop_signal is not None
-        if self.step % 10:
+        if self.step % 10 and not now:
             return False
         flag = torch.tensor([0.0 if self._stop_signal is None else 1.0], device=self.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
@@ -326,8 +409,9 @@ class Trainer:
         return stack
 
     def _run_rule(
-        self, rule: UpdateRule, totals: dict[str, torch.Tensor], counts: dict[str, int], finite: torch.Tensor
-    ) -> torch.Tensor:
+        self, rule: UpdateRule, totals: dict[str, torch.Tensor], counts: dict[str, int], losses: list[torch.Tensor]
+    ) -> None:
+        """Run one update rule (``repeats`` optimizer steps); each loss it computed is appended to ``losses``."""
         accumulation = self.config.grad_accum
         written: set[str] = set()
         for _ in range(rule.repeats):
@@ -339,7 +423,7 @@ class Trainer:
                 with self._sync_context(rule, micro == accumulation - 1), self.accelerator.autocast():
                     loss, terms = rule.loss(batch)
                 self.accelerator.backward(loss / accumulation)
-                finite = finite & torch.isfinite(loss.detach())
+                losses.append(loss.detach())
                 for key, value in {"loss": loss, **terms}.items():
                     tag = f"{rule.name}/{key}"
                     written.add(tag)
@@ -356,7 +440,24 @@ class Trainer:
                 rule.after_step()
         for tag in written:
             counts[tag] = counts.get(tag, 0) + 1  # logged values are means over this rule's own runs
-        return finite
+
+    def _check_finite(self, losses: dict[str, list[torch.Tensor]], last_good: Path | None) -> None:
+        """Stop on the step a loss goes NaN or infinite, naming it; the weights it made are never saved or used.
+
+        One reduction of the step's few scalar losses: free on the CPU, one small synchronisation on a GPU
+        (the step's own optimizer update already waits for the same values)."""
+        flags = torch.stack([torch.isfinite(torch.stack(values)).all() for values in losses.values()])
+        all_finite = flags.all().float()
+        if self.world_size > 1:
+            all_finite = self.accelerator.reduce(all_finite, "sum") / self.world_size
+        if bool(all_finite == 1):
+            return
+        bad = [name for name, ok in zip(losses, flags.tolist(), strict=True) if not ok] or ["on another process"]
+        where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint had been written"
+        raise NonFiniteLossError(
+            f"non-finite loss {', '.join(f'{name}/loss' for name in bad)} at step {self.step + 1}; "
+            f"training stopped, {where}"
+        )
 
     def _log(self, record: dict[str, float], step: int) -> None:
         if not self.accelerator.is_main_process:
@@ -365,14 +466,23 @@ class Trainer:
         with open(self.run_dir / METRICS_FILE, "a") as handle:
             handle.write(json.dumps({"step": step, **record}) + "\n")
 
-    def _truncate_metrics(self, step: int) -> None:
-        """On resume, drop logged lines from after the checkpoint: the resumed run writes them again."""
+    def _metrics_up_to(self, step: int) -> str | None:
+        """metrics.jsonl without the lines from after ``step`` (a resumed run writes them again), or None if the
+        run has no such file. A damaged line is a one-line error: read before anything is written."""
         path = self.run_dir / METRICS_FILE
-        if not self.accelerator.is_main_process or not path.is_file():
-            return
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line)["step"] <= step]
-        write_text_atomic(path, "".join(line + "\n" for line in kept))
+        if not path.is_file():
+            return None
+        kept = []
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record_step = json.loads(line)["step"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise GenlabError(f"{path} line {number} is damaged ({line[:40]!r}): remove it, then resume") from None
+            if record_step <= step:
+                kept.append(line + "\n")
+        return "".join(kept)
 
     def _sample_and_eval(
         self,
@@ -408,6 +518,27 @@ class Trainer:
             late = self.accelerator.reduce(late, "sum")
         return bool(late > 0)
 
+    def _prepare(self, data: ImageDataset) -> None:
+        """Check everything, then write: the batch stream, the resumed checkpoint, metrics.jsonl, config.json."""
+        config = self.config
+        self.stream = BatchStream(data.to(self.device), config.batch_size, config.seed, self.rank, self.world_size)
+        self._resume_draws = None
+        metrics = None
+        if self.resume_from is not None:
+            self._check_recorded()
+            self.load(self.resume_from)
+            self.stream.load_state_dict(self._resume_draws)
+            metrics = self._metrics_up_to(self.step)
+        self._write_run_folder()
+        if self.accelerator.is_main_process:
+            if metrics is not None:
+                write_text_atomic(self.run_dir / METRICS_FILE, metrics)
+            # On resume, TensorBoard drops the events after the checkpoint: the replayed steps are logged again.
+            purge = {"tensorboard": {"purge_step": self.step + 1}} if self.resume_from is not None else {}
+            self.accelerator.init_trackers("tensorboard", init_kwargs=purge)
+            if self.resume_from is not None:
+                print(f"resumed {self.run_dir} at step {self.step}", flush=True)
+
     def fit(
         self,
         data: ImageDataset,
@@ -417,28 +548,28 @@ class Trainer:
         """Train to ``config.steps``; returns the last logged values and the final evaluation."""
         from tqdm.auto import tqdm
 
-        config = self.config
         if not self.rules:
             raise ValueError("no update rule: call add_update before fit")
-        self.stream = BatchStream(data.to(self.device), config.batch_size, config.seed, self.rank, self.world_size)
-        self._resume_draws = None
-        if config.resume:
-            checkpoint = latest_checkpoint(Path(config.resume))
-            if checkpoint is None:
-                raise GenlabError(f"{config.resume} has no checkpoint to resume from")
-            self.load(checkpoint)
-            self.stream.load_state_dict(self._resume_draws)
-            self._truncate_metrics(self.step)
-            if self.accelerator.is_main_process:
-                print(f"resumed {self.run_dir} at step {self.step}", flush=True)
-        if self.accelerator.is_main_process:
-            self.accelerator.init_trackers("tensorboard")
         previous_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._prepare(data)
+            return self._loop(tqdm, sample_fn, eval_fn)
+        finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+
+    def _loop(
+        self,
+        tqdm: Any,
+        sample_fn: Callable[[Trainer], torch.Tensor] | None,
+        eval_fn: Callable[[Trainer], dict[str, float]] | None,
+    ) -> dict[str, float]:
+        config = self.config
         totals: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
-        finite = torch.ones((), dtype=torch.bool, device=self.device)
         logged: dict[str, float] = {}
-        images_since_log, clock = 0, time.perf_counter()
+        draws_at_log, clock = self.stream.draws, time.perf_counter()
+        bar_clock, draws_at_bar = clock, self.stream.draws
         last_good = latest_checkpoint(self.run_dir)
         progress = tqdm(
             total=config.steps, initial=self.step, disable=not (config.progress and self.accelerator.is_main_process),
@@ -450,16 +581,19 @@ class Trainer:
         try:
             while self.step < config.steps:
                 self._reseed(_mix_seed(config.seed, self.step, self.rank))
+                losses: dict[str, list[torch.Tensor]] = {}
                 for rule in self.rules:
                     if self.step % rule.every == 0:
-                        finite = self._run_rule(rule, totals, counts, finite)
+                        self._run_rule(rule, totals, counts, losses.setdefault(rule.name, []))
+                self._check_finite(losses, last_good)
                 for rule in self.rules:
                     rule.scheduler.step()  # the schedule is a function of the training step, for every rule
                 if self.ema_models:
                     self._update_ema()
                 self.step += 1
-                images_since_log += config.batch_size * config.grad_accum
                 progress.update(1)
+                if progress.disable is False and time.perf_counter() - bar_clock >= 1.0:
+                    bar_clock, draws_at_bar = self._show_progress(progress, totals, counts, bar_clock, draws_at_bar)
                 out_of_time = self._out_of_time(deadline)
                 at_end = self.step == config.steps or out_of_time
                 stop = self._stop_requested()
@@ -467,18 +601,6 @@ class Trainer:
                 checkpoint_now = (config.checkpoint_every and self.step % config.checkpoint_every == 0) or at_end
                 do_sample = bool(config.sample_every and self.step % config.sample_every == 0) or at_end
                 do_eval = bool(config.eval_every and self.step % config.eval_every == 0) or at_end
-                if log_now or checkpoint_now or do_sample or do_eval:  # never sample or save from NaN weights
-                    all_finite = (
-                        finite
-                        if self.world_size == 1
-                        else self.accelerator.reduce(finite.float(), "sum") == self.world_size
-                    )
-                    if not bool(all_finite):
-                        where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint had been written"
-                        raise NonFiniteLossError(
-                            f"non-finite loss at or before step {self.step} ({', '.join(t for t in totals)}); "
-                            f"training stopped, {where}"
-                        )
                 if log_now:
                     elapsed = time.perf_counter() - clock
                     if self.world_size > 1:  # each process saw its share of the batch: log the global mean
@@ -487,13 +609,15 @@ class Trainer:
                     logged = {key: float(value) / counts[key] for key, value in totals.items()}
                     for rule in self.rules:
                         logged[f"{rule.name}/lr"] = rule.scheduler.get_last_lr()[0]
-                    logged["images_per_second"] = images_since_log / max(elapsed, 1e-9)
+                    # images drawn from the data, so a rule that repeats (a critic's n_critic) counts every batch
+                    drawn = (self.stream.draws - draws_at_log) * config.batch_size
+                    logged["images_per_second"] = drawn / max(elapsed, 1e-9)
                     logged["epoch"] = self.stream.epoch
                     self._log(logged, self.step)
-                    first = next(iter(totals))
-                    progress.set_postfix({first: f"{logged[first]:.4g}"}, refresh=False)
-                    totals, counts, images_since_log, clock = {}, {}, 0, time.perf_counter()
+                    totals, counts, draws_at_log, clock = {}, {}, self.stream.draws, time.perf_counter()
                 logged.update(self._sample_and_eval(sample_fn, eval_fn, do_sample, do_eval))
+                if do_sample or do_eval:  # a signal that arrived while sampling or evaluating is not lost
+                    stop = stop or self._stop_requested(now=True)
                 if checkpoint_now or stop:
                     last_good = self.save() or last_good
                 if stop:
@@ -510,10 +634,22 @@ class Trainer:
                     break
         finally:
             progress.close()
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
             self.accelerator.end_training()
         return logged
+
+    def _show_progress(
+        self, progress: Any, totals: dict[str, torch.Tensor], counts: dict[str, int], since: float, draws: int
+    ) -> tuple[float, int]:
+        """Every rule's mean loss since the last log and the images drawn per second, about once a second."""
+        now = time.perf_counter()
+        shown = {
+            rule.name: f"{float(totals[tag]) / counts[tag]:.4g}"
+            for rule in self.rules
+            if (tag := f"{rule.name}/loss") in totals
+        }
+        shown["img/s"] = f"{(self.stream.draws - draws) * self.config.batch_size / max(now - since, 1e-9):.0f}"
+        progress.set_postfix(shown, refresh=True)
+        return now, self.stream.draws
 
 
 def _jsonable(value: Any) -> Any:

@@ -7,7 +7,6 @@ uv run vae-train --dataset twemoji --architecture conv --hidden-dims 64 128 256 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -19,6 +18,7 @@ from genlab.core.bench import BenchmarkSpec
 from genlab.core.config import option, parse_config
 from genlab.core.data import ImageDataset, iterate_batches, load_dataset
 from genlab.core.errors import GenlabError, exit_on_user_error
+from genlab.core.harness import write_results
 from genlab.core.metrics import bits_per_dim, discrete_nll_bound, importance_weighted_log_likelihood
 from genlab.core.trainer import TrainConfig, Trainer
 from genlab.vae.model import VAE, VAEConfig
@@ -52,6 +52,8 @@ class VAETrainConfig(TrainConfig):
     eval_images: int = option(1000, "test images for the periodic importance-weighted NLL estimate")
     eval_samples: int = option(100, "K of the periodic NLL estimate")
     test_samples: int = option(1000, "K of the final NLL estimate on the whole test set (0: skip)")
+
+    resumable = (*TrainConfig.resumable, "eval_images", "eval_samples", "test_samples")
 
     def validate(self) -> None:
         super().validate()
@@ -202,7 +204,7 @@ def train(config: VAETrainConfig) -> dict[str, float]:
     if config.test_samples and trainer.accelerator.is_main_process:
         final = estimate_test_nll(trainer.eval_model("vae"), test_data.to(trainer.device), config.test_samples)
         final["step"] = trainer.step
-        (trainer.run_dir / "results.json").write_text(json.dumps(final, indent=1))
+        write_results(trainer.run_dir, final)
         unit = f", {final['bits_per_dim']:.4f} bits/dim" if "bits_per_dim" in final else ""
         print(f"test NLL (K={config.test_samples}, {final['num_images']} images): {final['nll_nats']:.2f} nats{unit}")
         results.update({f"final/{k}": v for k, v in final.items()})

@@ -9,7 +9,6 @@ uv run ar-train --model pixelcnn --preset paper      # the paper-sized network, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -22,6 +21,7 @@ from genlab.autoregressive.sampler import has_cached_sampler, labels_by_row, sam
 from genlab.core.config import option, parse_config
 from genlab.core.data import ImageDataset, iterate_batches, load_dataset
 from genlab.core.errors import GenlabError, exit_on_user_error
+from genlab.core.harness import write_results
 from genlab.core.metrics import bits_per_dim, mean_over_batches
 from genlab.core.trainer import TrainConfig, Trainer
 
@@ -57,6 +57,8 @@ class ARTrainConfig(TrainConfig):
     class_conditional: bool = option(False, "condition Gated PixelCNN on the class label (eq. 4)")
     eval_images: int = option(2000, "test images for the periodic exact NLL")
     sample_images: int = option(36, "images in each sample grid (sampling is sequential: keep it small)")
+
+    resumable = (*TrainConfig.resumable, "eval_images", "sample_images")
 
     def validate(self) -> None:
         if self.steps is None:
@@ -183,12 +185,11 @@ def train(config: ARTrainConfig) -> dict[str, float]:
     if config.class_conditional and train_data.labels is None:
         raise GenlabError(f"{config.dataset} has no labels to condition on")
     architecture = model_config(config, train_data)
-    torch.manual_seed(config.seed)  # the network is built before the Trainer seeds: --seed must fix its weights too
+    trainer = Trainer(config, PROJECT, {"model": architecture})  # seeds torch: --seed fixes the initial weights
     try:
-        network = AutoregressiveModel(architecture)  # before the run folder exists: a bad size leaves nothing
+        network = AutoregressiveModel(architecture)
     except ValueError as error:
         raise GenlabError(str(error)) from None
-    trainer = Trainer(config, PROJECT, {"model": architecture})
     model = trainer.add_model("model", network)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     mask_sets = network.num_mask_sets
@@ -215,7 +216,7 @@ def train(config: ARTrainConfig) -> dict[str, float]:
         if mask_sets > 1:
             ensemble = evaluate_nll(final_model, test, ensemble=True)
             final.update({"ensemble_nll_nats": ensemble["nll_nats"], "ensemble_bits_per_dim": ensemble["bits_per_dim"]})
-        (trainer.run_dir / "results.json").write_text(json.dumps(final, indent=1))
+        write_results(trainer.run_dir, final)
         print(f"test NLL ({len(test)} images): {final['nll_nats']:.2f} nats, {final['bits_per_dim']:.4f} bits/dim")
         if mask_sets > 1:
             print(f"ensemble of {mask_sets} mask sets: {final['ensemble_nll_nats']:.2f} nats")

@@ -14,6 +14,7 @@ compare.json: training images/s and test bits/dim after the same number of steps
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import statistics
 from collections.abc import Sequence
@@ -23,9 +24,10 @@ from pathlib import Path
 import torch
 
 from genlab.core.config import option, parse_config
+from genlab.core.data import ImageDataset
 from genlab.core.errors import GenlabError, exit_on_user_error
 from genlab.flows.normflows_glow import NormflowsGlow
-from genlab.flows.train import PRESETS, FlowTrainConfig, build_network, fit_flow, load_splits
+from genlab.flows.train import PRESETS, FlowTrainConfig, build_flow, fit_flow, load_splits, model_config
 
 
 @dataclass
@@ -55,16 +57,23 @@ def main(argv: Sequence[str] | None = None) -> None:
 def compare(config: FlowCompareConfig) -> dict[str, dict[str, float]]:
     """Both trainings, one after the other; writes <run-dir>/compare.json and returns its content."""
     train_data, test_data = load_splits(config)
-    ours = build_network(config, train_data)
-    torch.manual_seed(config.seed)
-    try:
-        theirs = NormflowsGlow(ours.config)
-    except ImportError as error:
-        raise GenlabError(str(error)) from None
+    if importlib.util.find_spec("normflows") is None:
+        raise GenlabError("the normflows comparison needs normflows: pip install normflows")
     root = Path(config.run_dir or "runs/flows/compare")
     report: dict[str, dict[str, float]] = {}
-    for name, network in (("genlab", ours), ("normflows", theirs)):
-        fit_flow(dataclasses.replace(config, run_dir=str(root / name)), network, train_data, test_data)
+    networks: dict[str, torch.nn.Module] = {}
+
+    def build(name: str):
+        def build_seeded(config: FlowTrainConfig, data: ImageDataset) -> torch.nn.Module:
+            """Each network is the first thing built after its Trainer seeds torch: one seed, two inits."""
+            networks[name] = build_flow(config, data) if name == "genlab" else NormflowsGlow(model_config(config, data))
+            return networks[name]
+
+        return build_seeded
+
+    for name in ("genlab", "normflows"):
+        fit_flow(dataclasses.replace(config, run_dir=str(root / name)), build(name), train_data, test_data)
+        network = networks[name]
         results = json.loads((root / name / "results.json").read_text())
         speeds = [json.loads(line)["images_per_second"] for line in (root / name / "metrics.jsonl").open()
                   if "images_per_second" in line]  # fmt: skip
@@ -78,7 +87,7 @@ def compare(config: FlowCompareConfig) -> dict[str, dict[str, float]]:
         "dataset": config.dataset,
         "batch_size": config.batch_size,
         "device": str(config.device),
-        **{k: getattr(ours.config, k) for k in ("num_scales", "steps_per_scale", "hidden_channels")},
+        **{k: getattr(networks["genlab"].config, k) for k in ("num_scales", "steps_per_scale", "hidden_channels")},
     }
     (root / "compare.json").write_text(json.dumps(report, indent=1))
     for name in ("genlab", "normflows"):

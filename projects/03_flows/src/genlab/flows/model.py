@@ -110,5 +110,11 @@ class FlowModel(nn.Module, PyTorchModelHubMixin):
         known: list[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """``count`` images in [0, 1] (B, C, H, W), every prior drawn at ``temperature``; ``known[i]`` replaces
-        the draw of z_i where given."""
-        return self.flow.sample(count, temperature, labels, generator, known)[0].clamp(0, 1)
+        the draw of z_i where given. Only finite values are clamped: a pixel whose inverse overflowed stays ±inf
+        or NaN, so the caller can see (and count) that image rather than get a white or black pixel."""
+        return clamp_finite(self.flow.sample(count, temperature, labels, generator, known)[0])
+
+
+def clamp_finite(images: torch.Tensor) -> torch.Tensor:
+    """Clamp the finite values to [0, 1] and leave ±inf and NaN as they are."""
+    return torch.where(torch.isfinite(images), images.clamp(0, 1), images)

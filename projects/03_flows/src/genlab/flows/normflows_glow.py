@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genlab.flows.model import FlowConfig
+from genlab.flows.model import FlowConfig, clamp_finite
 
 
 class NormflowsGlow(nn.Module):
@@ -48,5 +48,6 @@ class NormflowsGlow(nn.Module):
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """normflows draws from the global generator; ``generator`` is accepted for the interface only."""
-        return self.flow.sample(count, labels, temperature)[0].clamp(0, 1)
+        """normflows draws from the global generator; ``generator`` is accepted for the interface only. As in
+        ``FlowModel.sample``, only finite values are clamped to [0, 1]: overflowed pixels stay non-finite."""
+        return clamp_finite(self.flow.sample(count, labels, temperature)[0])

@@ -13,32 +13,26 @@ writes into <run>/samples/ (or --out):
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-import numpy as np
 import torch
 
-from genlab.core.checkpoint import load_pretrained, read_run_info, resolve_checkpoint, resolve_device
 from genlab.core.config import option, parse_config
-from genlab.core.data import load_dataset
 from genlab.core.errors import GenlabError, exit_on_user_error
-from genlab.core.visualise import interpolate_latents, save_grid
+from genlab.core.harness import SampleConfig, open_run, require_positive
+from genlab.core.visualise import interpolate_latents
 from genlab.flows.model import FlowModel
 from genlab.flows.objective import dequantise
 from genlab.flows.train import PROJECT, evaluate_bits_per_dim
 
 
 @dataclass
-class FlowSampleConfig:
+class FlowSampleConfig(SampleConfig):
     """Draw samples at several temperatures, interpolations and the multi-scale picture from a trained flow."""
 
-    run: str = option("", "run folder (its latest checkpoint) or a checkpoint folder")
-    out: str = option("", "output folder (default: <run>/samples)")
     temperatures: tuple[float, ...] = option((0.5, 0.7, 0.85, 1.0), "one row of samples per temperature")
     per_row: int = option(8, "samples per temperature")
     interpolations: int = option(4, "pairs of test images to interpolate between (0: none)")
@@ -46,24 +40,15 @@ class FlowSampleConfig:
     scale_images: int = option(4, "test images for the multi-scale picture (0: none)")
     scale_temperature: float = option(0.7, "temperature of the latents drawn in the multi-scale picture")
     nll: bool = option(False, "also compute the test bits/dim over the whole test set")
-    npz: int = option(0, "also save this many samples as samples.npz (uint8 pixels, N x C x H x W) for genlab-eval")
     npz_temperature: float = option(1.0, "temperature of the samples in samples.npz")
-    data_dir: str = option("", "data root for test images (default: the run's, else $GENLAB_DATA)")
-    ema: bool = option(True, "use the EMA weights when the run has them")
-    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "device")
-    seed: int = option(0, "random seed")
 
     def validate(self) -> None:
-        if not self.run:
-            raise GenlabError("--run is required: a run folder or a checkpoint folder")
+        super().validate()
         if not self.temperatures or any(not (t >= 0 and math.isfinite(t)) for t in self.temperatures):
             raise GenlabError(f"--temperatures must be numbers >= 0, got {self.temperatures}")
-        if not (self.scale_temperature >= 0 and math.isfinite(self.scale_temperature)):
-            raise GenlabError(f"--scale-temperature must be a number >= 0, got {self.scale_temperature}")
-        if self.npz < 0 or not (self.npz_temperature >= 0 and math.isfinite(self.npz_temperature)):
-            raise GenlabError("--npz must be >= 0 and --npz-temperature a number >= 0")
-        if self.per_row < 1 or self.interpolation_steps < 2 or self.interpolations < 0 or self.scale_images < 0:
-            raise GenlabError("--per-row >= 1, --interpolation-steps >= 2, --interpolations and --scale-images >= 0")
+        require_positive(self, ("scale_temperature", "npz_temperature", "interpolations", "scale_images"), at_least=0)
+        require_positive(self, ("per_row",))
+        require_positive(self, ("interpolation_steps",), at_least=2)
 
 
 @exit_on_user_error
@@ -88,44 +73,30 @@ def blacken_overflows(images: torch.Tensor, name: str) -> torch.Tensor:
 @torch.no_grad()
 def sample(config: FlowSampleConfig) -> dict[str, Path]:
     """Write every picture (and the test bits/dim); returns their paths by name."""
-    device = resolve_device(config.device)
-    run_dir, checkpoint = resolve_checkpoint(config.run)
-    model: FlowModel = load_pretrained(checkpoint, FlowModel, "model", PROJECT, config.ema)
-    model = model.to(device).eval()
-    settings = model.config
-    out = Path(config.out) if config.out else run_dir / "samples"
-    out.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(config.seed)
+    run = open_run(config, FlowModel, "model", PROJECT)
+    model: FlowModel = run.model
+    settings, device, generator = model.config, run.device, run.generator
 
     def labels_for(count: int) -> torch.Tensor | None:
         return torch.arange(count, device=device) % settings.num_classes if settings.num_classes else None
 
-    written: dict[str, Path] = {}
     rows = [
         blacken_overflows(model.sample(config.per_row, t, labels_for(config.per_row), generator), f"temperature {t}")
         for t in config.temperatures
     ]
-    written["temperatures"] = save_grid(torch.cat(rows), out / "temperatures.png", nrow=config.per_row)
+    run.save_grid(torch.cat(rows), "temperatures.png", nrow=config.per_row)
+
+    def npz_chunk(start: int, count: int) -> torch.Tensor:
+        y = model.sample(count, config.npz_temperature, labels_for(count), generator)
+        y = blacken_overflows(y, f"samples.npz {start}-{start + count - 1}")
+        levels = (y * settings.levels).floor().clamp(0, settings.levels - 1)  # the bin each dequantised value is in
+        return levels.mul(255 // (settings.levels - 1)).to(torch.uint8)
 
     if config.npz:
-        pixels = []
-        for start in range(0, config.npz, 500):
-            count = min(500, config.npz - start)
-            y = model.sample(count, config.npz_temperature, labels_for(count), generator)
-            y = blacken_overflows(y, f"samples.npz {start}-{start + count - 1}")
-            pixels.append((y * settings.levels).floor().clamp(0, settings.levels - 1).mul(255 // (settings.levels - 1)))
-        np.savez_compressed(out / "samples.npz", samples=torch.cat(pixels).to(torch.uint8).cpu().numpy())
-        written["npz"] = out / "samples.npz"
+        run.write_samples_npz(npz_chunk, config.npz, function_evaluations=1)  # one pass of the inverse
 
-    test = None
-    if config.interpolations or config.scale_images or config.nll:
-        train_config = read_run_info(run_dir)["config"]
-        test = load_dataset(
-            train_config["dataset"], "test", data_dir=config.data_dir or train_config["data_dir"] or None,
-            value_range="uint8", image_size=train_config.get("image_size"), device=device,
-        )  # fmt: skip
-        if test.shape != tuple(settings.image_shape):
-            raise GenlabError(f"test images are {test.shape}, the model expects {tuple(settings.image_shape)}")
+    needs_test = config.interpolations or config.scale_images or config.nll
+    test = run.test_split("uint8", settings.image_shape) if needs_test else None
 
     def test_batch(count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         picks = torch.randperm(len(test), generator=generator)[:count].to(device)
@@ -143,8 +114,7 @@ def sample(config: FlowSampleConfig) -> dict[str, Path]:
                     for z in latents]  # fmt: skip
             frames.append(model.decode([p.view(-1, *z.shape[1:]) for p, z in zip(path, latents, strict=True)]))
         interpolations = blacken_overflows(torch.cat(frames), "interpolations").clamp(0, 1)
-        path = out / "interpolations.png"
-        written["interpolations"] = save_grid(interpolations, path, nrow=config.interpolation_steps)
+        run.save_grid(interpolations, "interpolations.png", nrow=config.interpolation_steps)
 
     if config.scale_images:
         y, labels = test_batch(config.scale_images)
@@ -156,15 +126,13 @@ def sample(config: FlowSampleConfig) -> dict[str, Path]:
             drawn = model.sample(len(y), config.scale_temperature, labels, generator, known)
             columns.append(blacken_overflows(drawn, f"scales, levels {keep_from + 1}-{levels} kept"))
         grid = torch.stack(columns, dim=1).flatten(0, 1)  # (N * (L + 1), C, H, W), one test image per row
-        written["scales"] = save_grid(grid, out / "scales.png", nrow=levels + 1)
+        run.save_grid(grid, "scales.png", nrow=levels + 1)
 
     if config.nll:
         result = evaluate_bits_per_dim(model, test)
-        (out / "test_bits_per_dim.json").write_text(json.dumps(result, indent=1))
+        run.write_json("test_bits_per_dim.json", result)
         print(f"test ({len(test)} images): {result['bits_per_dim']:.4f} bits/dim, {result['nll_nats']:.2f} nats")
-    for name, path in written.items():
-        print(f"{name}: {path}")
-    return written
+    return run.finish()
 
 
 if __name__ == "__main__":

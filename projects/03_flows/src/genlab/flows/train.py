@@ -9,8 +9,7 @@ uv run flow-train --model glow --preset paper           # the paper's width and 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,6 +19,7 @@ from torch import nn
 from genlab.core.config import option, parse_config
 from genlab.core.data import ImageDataset, iterate_batches, load_dataset
 from genlab.core.errors import GenlabError, exit_on_user_error
+from genlab.core.harness import write_results
 from genlab.core.metrics import bits_per_dim, mean_over_batches
 from genlab.core.trainer import TrainConfig, Trainer
 from genlab.flows.model import SIZES, FlowConfig, FlowModel, build_config
@@ -54,6 +54,8 @@ class FlowTrainConfig(TrainConfig):
     init_images: int = option(256, "images for actnorm's data-dependent initialisation (Glow Sec. 3.1)")
     eval_images: int = option(2000, "test images for the periodic test bits/dim")
     sample_images: int = option(36, "images in each sample grid (36: one row of 6 per temperature)")
+
+    resumable = (*TrainConfig.resumable, "eval_images", "sample_images")
 
     def validate(self) -> None:
         if self.steps is None:
@@ -167,9 +169,8 @@ def load_splits(config: FlowTrainConfig) -> tuple[ImageDataset, ImageDataset]:
     return train_data, test_data
 
 
-def build_network(config: FlowTrainConfig, data: ImageDataset) -> FlowModel:
-    """The flow ``config`` names, built before any run folder exists, so a bad size leaves nothing behind."""
-    torch.manual_seed(config.seed)
+def build_flow(config: FlowTrainConfig, data: ImageDataset) -> FlowModel:
+    """The flow ``config`` names; a size the architecture cannot take is a one-line error."""
     try:
         return FlowModel(model_config(config, data))
     except ValueError as error:
@@ -179,16 +180,25 @@ def build_network(config: FlowTrainConfig, data: ImageDataset) -> FlowModel:
 def train(config: FlowTrainConfig) -> dict[str, float]:
     """Train as ``config`` says; returns the last logged values and the final test bits/dim."""
     train_data, test_data = load_splits(config)
-    return fit_flow(config, build_network(config, train_data), train_data, test_data)
+    return fit_flow(config, build_flow, train_data, test_data)
 
 
-def fit_flow(config: FlowTrainConfig, network: nn.Module, train_data: ImageDataset, test_data: ImageDataset) -> dict:
-    """Initialise actnorm, train through genlab.core's loop, write results.json with the whole test set's bound.
+def fit_flow(
+    config: FlowTrainConfig,
+    build: Callable[[FlowTrainConfig, ImageDataset], nn.Module],
+    train_data: ImageDataset,
+    test_data: ImageDataset,
+) -> dict:
+    """Build the network after the Trainer has seeded torch, initialise actnorm, train through genlab.core's loop,
+    and write results.json with the whole test set's bound.
 
-    ``network`` is any module with the FlowModel interface (log p(y) from ``forward``, ``sample``, ``config``).
+    ``build(config, data)`` returns any module with the FlowModel interface (log p(y) from ``forward``, ``sample``,
+    ``config``).
     """
+    trainer = Trainer(config, PROJECT)
+    network = build(config, train_data)
+    trainer.record(model=network.config)
     initialise(network, train_data, config.init_images, config.seed, config.class_conditional)
-    trainer = Trainer(config, PROJECT, {"model": network.config})
     model = trainer.add_model("model", network)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
@@ -209,7 +219,7 @@ def fit_flow(config: FlowTrainConfig, network: nn.Module, train_data: ImageDatas
     if trainer.accelerator.is_main_process:
         final = {"step": trainer.step, "num_images": len(test_data)}
         final.update(evaluate_bits_per_dim(trainer.eval_model("model"), test_data.to(trainer.device)))
-        (trainer.run_dir / "results.json").write_text(json.dumps(final, indent=1))
+        write_results(trainer.run_dir, final)
         print(f"test ({len(test_data)} images): {final['bits_per_dim']:.4f} bits/dim, {final['nll_nats']:.2f} nats")
         results.update({f"final/{k}": v for k, v in final.items()})
     print(f"run folder: {trainer.run_dir}")

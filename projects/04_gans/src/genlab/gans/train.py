@@ -86,6 +86,8 @@ class GANTrainConfig(TrainConfig):
     sample_every: int = option(500, "write a sample grid every N steps (0: only at the end)")
     sample_images: int = option(64, "images in each sample grid")
 
+    resumable = (*TrainConfig.resumable, "sample_images", "toy_samples")
+
     def validate(self) -> None:
         if self.steps is None:
             self.steps = DEFAULT_STEPS[self.variant]
@@ -176,8 +178,7 @@ def train(config: GANTrainConfig) -> dict[str, float]:
                             image_size=config.image_size)  # fmt: skip
     network_config = model_config(config, data)
     recipe = config.recipe()
-    torch.manual_seed(config.seed)
-    trainer = Trainer(config, PROJECT, {"model": network_config, "recipe": recipe})
+    trainer = Trainer(config, PROJECT, {"model": network_config, "recipe": recipe})  # seeds torch
     generator = trainer.add_model("generator", Generator(network_config))
     discriminator = trainer.add_model("discriminator", Discriminator(network_config), ema=False)
     variant, conditional = config.variant, network_config.num_classes > 0
