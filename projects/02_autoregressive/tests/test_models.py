@@ -3,7 +3,8 @@
 - Causality (PixelRNN paper eqs. 1-2, MADE Sec. 4): the logit of value i never depends on x_i or on any value
   after it in the generation order, colours R -> G -> B inside a pixel. Checked exhaustively with gradients.
 - The blind spot (Gated PixelCNN paper, Sec. 2.2 and Fig. 1): stacked masked 3x3 convolutions never see some
-  pixels above and to the right; the vertical + horizontal stacks see every earlier pixel.
+  pixels above and to the right; the vertical + horizontal stacks see every earlier pixel. (The exact receptive
+  field of every model at every pixel is in test_receptive_fields.py.)
 - Exact likelihood: p(x) sums to 1 over every possible image, for every model, MADE's ensemble and each class.
 - The objective: a few Adam steps of the exact NLL lower it.
 - The mask mechanics themselves: mask A / B at the centre tap, MADE's connectivity rule, the Diagonal
@@ -200,26 +201,6 @@ def test_pixelcnn_has_a_blind_spot_and_gated_pixelcnn_does_not() -> None:
         expected_blind[r, j] = b > min(a - 1, blocks) + 3
     assert blind.any() and torch.equal(blind, expected_blind), blind.int()
     assert blind[row - 1, size - 1] and blind[row - 1, col + 4]  # the pixels just above and to the right
-
-
-def test_row_lstm_field_is_a_triangle_and_diagonal_bilstm_field_is_complete() -> None:
-    """PixelRNN paper Sec. 3.1-3.2 and Fig. 4: the Row LSTM's state comes from the row above, so inside its own row
-    a pixel sees only as far left as its input convolutions reach (3 + 1 per layer here); the Diagonal BiLSTM's
-    two directions together see every earlier pixel. Positive parameters: zero gradient means no path."""
-    size, row, col = 7, 6, 6
-    earlier = torch.zeros(size, size, dtype=torch.bool)
-    earlier[:row] = True
-    earlier[row, :col] = True
-    fields = {}
-    for name in ("row_lstm", "diagonal_bilstm"):
-        model = build(name, (1, size, size), hidden_channels=2, num_layers=2, head_channels=2)
-        for p in model.parameters():
-            p.data.uniform_(0.05, 0.2)
-        fields[name] = reach(model, row, col) != 0
-    assert torch.equal(fields["diagonal_bilstm"], earlier)
-    triangle = earlier.clone()
-    triangle[row, : col - 5] = False  # (6, 0): 6 to the left, one more than 3 (7x7 mask A) + 2 x 1 (1x3 mask B)
-    assert torch.equal(fields["row_lstm"], triangle)
 
 
 def all_images(shape: tuple[int, int, int], levels: int) -> torch.Tensor:

@@ -160,7 +160,7 @@ def test_missing_data_is_one_line_naming_the_folder(capsys: pytest.CaptureFixtur
     [
         ([], "--run is required"),
         (["--run", "x", "--temperature", "0"], "--temperature must be a positive number"),
-        (["--run", "x", "--count", "0"], "--count, --compare-count"),
+        (["--run", "x", "--count", "0"], "--count must be a number >= 1"),
         (["--run", "x", "--sampler", "fast"], "invalid choice: 'fast'"),
     ],
 )

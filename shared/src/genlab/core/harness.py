@@ -39,9 +39,9 @@ from genlab.core.checkpoint import (
     resolve_device,
     write_text_atomic,
 )
-from genlab.core.config import option
+from genlab.core.config import option, parse_config
 from genlab.core.data import ImageDataset, load_dataset
-from genlab.core.errors import GenlabError
+from genlab.core.errors import GenlabError, exit_on_user_error
 from genlab.core.visualise import save_grid
 
 RESULTS_FILE = "results.json"
@@ -70,6 +70,20 @@ class SampleConfig:
         if self.out and Path(self.out).exists() and not Path(self.out).is_dir():
             raise GenlabError(f"--out {self.out} is a file, not a folder")
         resolve_device(self.device)
+
+
+def console_script(
+    config_class: type, run: Callable[[Any], Any], prog: str, presets: dict[str, dict[str, Any]] | None = None
+) -> Callable[[Sequence[str] | None], None]:
+    """A console entry point: parse the flags into ``config_class`` (with its presets), then ``run(config)``;
+    a user mistake is one line and exit 2 (``exit_on_user_error``)."""
+
+    @exit_on_user_error
+    def main(argv: Sequence[str] | None = None) -> None:
+        run(parse_config(config_class, argv, presets, prog=prog))
+
+    main.__doc__ = f"Console entry point of {prog}."
+    return main
 
 
 def require_positive(config: Any, names: Sequence[str], at_least: float = 1) -> None:

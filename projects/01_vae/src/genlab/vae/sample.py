@@ -9,16 +9,14 @@ decoded manifold (the VAE paper's Fig. 4). ``--npz N`` also saves N prior sample
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from genlab.core.config import option, parse_config
-from genlab.core.errors import exit_on_user_error
-from genlab.core.harness import SampleConfig, open_run, require_positive, unit_to_uint8
+from genlab.core.config import option
+from genlab.core.harness import SampleConfig, console_script, open_run, require_positive, unit_to_uint8
 from genlab.core.visualise import interpolate_latents, latent_traversal, manifold_grid, to_unit
 from genlab.vae.model import VAE
 from genlab.vae.objective import likelihood_mean, sample_likelihood
@@ -44,12 +42,6 @@ class VAESampleConfig(SampleConfig):
         require_positive(self, ("interpolations",))
         require_positive(self, ("nll_samples", "traversal_dims"), at_least=0)
         require_positive(self, ("traversal_range",), at_least=0)
-
-
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point."""
-    sample(parse_config(VAESampleConfig, argv, prog="vae-sample"))
 
 
 @torch.no_grad()
@@ -104,5 +96,4 @@ def sample(config: VAESampleConfig) -> dict[str, Path]:
     return run.finish()
 
 
-if __name__ == "__main__":
-    main()
+main = console_script(VAESampleConfig, sample, "vae-sample")

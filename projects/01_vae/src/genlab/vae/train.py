@@ -7,7 +7,6 @@ uv run vae-train --dataset twemoji --architecture conv --hidden-dims 64 128 256 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -15,10 +14,10 @@ from typing import Literal
 import torch
 
 from genlab.core.bench import BenchmarkSpec
-from genlab.core.config import option, parse_config
+from genlab.core.config import option
 from genlab.core.data import ImageDataset, iterate_batches, load_dataset
-from genlab.core.errors import GenlabError, exit_on_user_error
-from genlab.core.harness import write_results
+from genlab.core.errors import GenlabError
+from genlab.core.harness import console_script, write_results
 from genlab.core.metrics import bits_per_dim, discrete_nll_bound, importance_weighted_log_likelihood
 from genlab.core.trainer import TrainConfig, Trainer
 from genlab.vae.model import VAE, VAEConfig
@@ -163,12 +162,6 @@ def build_model_config(config: VAETrainConfig, data: ImageDataset) -> VAEConfig:
     )
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: parse the flags, train, report."""
-    train(parse_config(VAETrainConfig, argv, PRESETS, prog="vae-train"))
-
-
 def train(config: VAETrainConfig) -> dict[str, float]:
     """Train as ``config`` says; returns the last logged values and the final test estimate."""
     likelihood = resolved_likelihood(config)
@@ -233,6 +226,8 @@ def benchmark_spec() -> BenchmarkSpec:
         lr=defaults.lr,
     )
 
+
+main = console_script(VAETrainConfig, train, "vae-train", PRESETS)
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,9 +22,9 @@ import torch
 from genlab.autoregressive.model import AutoregressiveModel
 from genlab.autoregressive.sampler import has_cached_sampler, labels_by_row, sample_cached, sample_naive
 from genlab.autoregressive.train import PROJECT, evaluate_nll, value_range_for
-from genlab.core.config import option, parse_config
-from genlab.core.errors import GenlabError, exit_on_user_error
-from genlab.core.harness import SampleConfig, open_run, require_positive
+from genlab.core.config import option
+from genlab.core.errors import GenlabError
+from genlab.core.harness import SampleConfig, console_script, open_run, require_positive
 
 
 @dataclass
@@ -47,12 +46,6 @@ class ARSampleConfig(SampleConfig):
         require_positive(self, ("completions",), at_least=0)
         if not self.temperature > 0 or not math.isfinite(self.temperature):
             raise GenlabError(f"--temperature must be a positive number, got {self.temperature}")
-
-
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point."""
-    sample(parse_config(ARSampleConfig, argv, prog="ar-sample"))
 
 
 @torch.no_grad()
@@ -138,5 +131,4 @@ def sample(config: ARSampleConfig) -> dict[str, Path]:
     return run.finish()
 
 
-if __name__ == "__main__":
-    main()
+main = console_script(ARSampleConfig, sample, "ar-sample")

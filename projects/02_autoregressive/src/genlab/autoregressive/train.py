@@ -9,7 +9,6 @@ uv run ar-train --model pixelcnn --preset paper      # the paper-sized network, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,10 +17,10 @@ import torch
 from genlab.autoregressive.model import SIZES, VECTOR_MODELS, ARConfig, AutoregressiveModel, build_config
 from genlab.autoregressive.objective import ensemble_log_likelihood, log_likelihood, nll_loss
 from genlab.autoregressive.sampler import has_cached_sampler, labels_by_row, sample_cached, sample_naive
-from genlab.core.config import option, parse_config
+from genlab.core.config import option
 from genlab.core.data import ImageDataset, iterate_batches, load_dataset
-from genlab.core.errors import GenlabError, exit_on_user_error
-from genlab.core.harness import write_results
+from genlab.core.errors import GenlabError
+from genlab.core.harness import console_script, write_results
 from genlab.core.metrics import bits_per_dim, mean_over_batches
 from genlab.core.trainer import TrainConfig, Trainer
 
@@ -167,12 +166,6 @@ def sample_grid(model: AutoregressiveModel, count: int, seed: int, device: torch
     return x / (model.config.levels - 1)
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: parse the flags, train, report."""
-    train(parse_config(ARTrainConfig, argv, PRESETS, prog="ar-train"))
-
-
 def train(config: ARTrainConfig) -> dict[str, float]:
     """Train as ``config`` says; returns the last logged values and the final test NLL."""
     levels = config.resolved_levels()
@@ -224,6 +217,8 @@ def train(config: ARTrainConfig) -> dict[str, float]:
     print(f"run folder: {trainer.run_dir}")
     return results
 
+
+main = console_script(ARTrainConfig, train, "ar-train", PRESETS)
 
 if __name__ == "__main__":
     main()

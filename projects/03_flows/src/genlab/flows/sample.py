@@ -14,15 +14,14 @@ writes into <run>/samples/ (or --out):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from genlab.core.config import option, parse_config
-from genlab.core.errors import GenlabError, exit_on_user_error
-from genlab.core.harness import SampleConfig, open_run, require_positive
+from genlab.core.config import option
+from genlab.core.errors import GenlabError
+from genlab.core.harness import SampleConfig, console_script, open_run, require_positive
 from genlab.core.visualise import interpolate_latents
 from genlab.flows.model import FlowModel
 from genlab.flows.objective import dequantise
@@ -49,12 +48,6 @@ class FlowSampleConfig(SampleConfig):
         require_positive(self, ("scale_temperature", "npz_temperature", "interpolations", "scale_images"), at_least=0)
         require_positive(self, ("per_row",))
         require_positive(self, ("interpolation_steps",), at_least=2)
-
-
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point."""
-    sample(parse_config(FlowSampleConfig, argv, prog="flow-sample"))
 
 
 def blacken_overflows(images: torch.Tensor, name: str) -> torch.Tensor:
@@ -135,5 +128,4 @@ def sample(config: FlowSampleConfig) -> dict[str, Path]:
     return run.finish()
 
 
-if __name__ == "__main__":
-    main()
+main = console_script(FlowSampleConfig, sample, "flow-sample")

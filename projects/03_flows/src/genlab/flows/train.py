@@ -9,17 +9,17 @@ uv run flow-train --model glow --preset paper           # the paper's width and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from genlab.core.config import option, parse_config
+from genlab.core.config import option
 from genlab.core.data import ImageDataset, iterate_batches, load_dataset
-from genlab.core.errors import GenlabError, exit_on_user_error
-from genlab.core.harness import write_results
+from genlab.core.errors import GenlabError
+from genlab.core.harness import console_script, write_results
 from genlab.core.metrics import bits_per_dim, mean_over_batches
 from genlab.core.trainer import TrainConfig, Trainer
 from genlab.flows.model import SIZES, FlowConfig, FlowModel, build_config
@@ -152,12 +152,6 @@ def temperature_grid(model: nn.Module, per_row: int, seed: int, device: torch.de
     return torch.cat(rows)
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: parse the flags, train, report."""
-    train(parse_config(FlowTrainConfig, argv, PRESETS, prog="flow-train"))
-
-
 def load_splits(config: FlowTrainConfig) -> tuple[ImageDataset, ImageDataset]:
     def load(split: str) -> ImageDataset:
         return load_dataset(config.dataset, split, data_dir=config.data_dir or None, value_range="uint8",
@@ -225,6 +219,8 @@ def fit_flow(
     print(f"run folder: {trainer.run_dir}")
     return results
 
+
+main = console_script(FlowTrainConfig, train, "flow-train", PRESETS)
 
 if __name__ == "__main__":
     main()

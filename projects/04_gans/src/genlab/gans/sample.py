@@ -7,15 +7,14 @@ uv run genlab-eval --samples runs/gans/<run>
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from genlab.core.config import option, parse_config
-from genlab.core.errors import GenlabError, exit_on_user_error
-from genlab.core.harness import SampleConfig, open_run, require_positive, unit_to_uint8
+from genlab.core.config import option
+from genlab.core.errors import GenlabError
+from genlab.core.harness import SampleConfig, console_script, open_run, require_positive, unit_to_uint8
 from genlab.gans.model import Generator
 from genlab.gans.toy import GaussianMixture, mode_coverage, scatter_image
 from genlab.gans.train import PROJECT, toy_points
@@ -31,12 +30,6 @@ class GANSampleConfig(SampleConfig):
     def validate(self) -> None:
         super().validate()
         require_positive(self, ("count",))
-
-
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point."""
-    sample(parse_config(GANSampleConfig, argv, prog="gan-sample"))
 
 
 @torch.no_grad()
@@ -74,5 +67,4 @@ def sample(config: GANSampleConfig) -> dict[str, Path]:
     return run.finish()
 
 
-if __name__ == "__main__":
-    main()
+main = console_script(GANSampleConfig, sample, "gan-sample")

@@ -10,15 +10,15 @@ uv run gan-train --variant wgan_gp --dataset ring8       # the 2-D toy: 8 Gaussi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from genlab.core.config import option, parse_config
+from genlab.core.config import option
 from genlab.core.data import Batch, ImageDataset, load_dataset
-from genlab.core.errors import GenlabError, exit_on_user_error
+from genlab.core.errors import GenlabError
+from genlab.core.harness import console_script
 from genlab.core.trainer import TrainConfig, Trainer
 from genlab.core.visualise import training_progress_gif
 from genlab.gans.model import VARIANTS, Discriminator, GANConfig, Generator, build_config
@@ -162,12 +162,6 @@ def toy_points(generator: Generator, count: int, seed: int) -> torch.Tensor:
     return generator.sample(count, None, torch.Generator().manual_seed(seed)).view(count, 2)
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point."""
-    train(parse_config(GANTrainConfig, argv, prog="gan-train"))
-
-
 def train(config: GANTrainConfig) -> dict[str, float]:
     """Train as ``config`` says; returns the last logged values."""
     mixture = GaussianMixture.named(config.dataset, config.toy_std) if config.dataset in TOY_DATASETS else None
@@ -243,6 +237,8 @@ def train(config: GANTrainConfig) -> dict[str, float]:
     print(f"run folder: {trainer.run_dir}")
     return results
 
+
+main = console_script(GANTrainConfig, train, "gan-train")
 
 if __name__ == "__main__":
     main()
