@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from genlab.gans.layers import ConditionalBatchNorm2d, SelfAttention2d, spectral
 from genlab.gans.models import DCDiscriminator, DCGenerator, ResNetDiscriminator, ResNetGenerator
@@ -67,17 +69,73 @@ def test_gradient_penalty_is_zero_exactly_for_a_one_lipschitz_critic() -> None:
     assert penalty.item() > 0 and layer.weight.grad.abs().sum() > 0
 
 
-def test_gradient_penalty_is_taken_on_the_interpolates() -> None:
-    """With eps = 1 the interpolates are the real images; with eps = 0 the fake ones."""
-    real, fake = torch.ones(2, 1, 2, 2), -torch.ones(2, 1, 2, 2)
+def _asymmetric_critic(weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """f(x) = w . x + sum_k exp(x_k): its gradient w + exp(x) is large where x > 0 and near w where x < 0, so its
+    norm differs at the real and the fake points and along the way between them (a critic even in x, such as
+    ||x||^2 at x = 1 and x~ = -1, cannot tell the two ends apart)."""
 
-    def critic(x: torch.Tensor) -> torch.Tensor:  # gradient 2x: its norm is 2 ||x||
-        return x.flatten(1).square().sum(1)
+    def critic(x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        return flat @ weight + flat.exp().sum(1)
 
-    for epsilon in (torch.ones(2), torch.zeros(2), torch.full((2,), 0.5)):
-        x_hat = epsilon.view(-1, 1, 1, 1) * real + (1 - epsilon.view(-1, 1, 1, 1)) * fake
-        expected = ((2 * x_hat.flatten(1).norm(dim=1)) - 1).square().mean()
-        assert gradient_penalty(critic, real, fake, epsilon).item() == pytest.approx(expected.item())
+    return critic
+
+
+def _penalty_at(points: torch.Tensor, weight: torch.Tensor) -> float:
+    """(||grad f(x)||_2 - 1)^2 averaged over ``points``, from the critic's gradient w + exp(x) written out."""
+    return ((weight + points.flatten(1).exp()).norm(dim=1) - 1).square().mean().item()
+
+
+def test_gradient_penalty_is_taken_at_eps_x_plus_one_minus_eps_x_tilde() -> None:
+    """Gulrajani et al. 2017, Alg. 1: x_hat = eps x + (1 - eps) x~ for each pair (x real, x~ generated), penalty
+    (||grad_x_hat D(x_hat)||_2 - 1)^2, averaged over the batch. With a given eps per example and an asymmetric
+    critic the value is the one at those interpolates, and not the one at the real points, the fake points, the
+    points with eps and 1 - eps exchanged, or with one mean eps for the whole batch."""
+    torch.manual_seed(1)
+    real, fake = 1.0 + torch.rand(4, 1, 2, 3), -1.0 - torch.rand(4, 1, 2, 3)
+    weight = torch.randn(6)
+    critic = _asymmetric_critic(weight)
+    epsilon = torch.tensor([0.0, 0.1, 0.25, 0.9])
+    eps = epsilon.view(-1, 1, 1, 1)
+    expected = _penalty_at(eps * real + (1 - eps) * fake, weight)
+    penalty = gradient_penalty(critic, real, fake, epsilon).item()
+    assert penalty == pytest.approx(expected, rel=1e-5)
+    wrong = {
+        "real only": real,
+        "fake only": fake,
+        "eps and 1 - eps exchanged": (1 - eps) * real + eps * fake,
+        "one eps for the batch": epsilon.mean() * real + (1 - epsilon.mean()) * fake,
+    }
+    for name, points in wrong.items():  # each a distinct value, so the check above tells them apart
+        assert abs(_penalty_at(points, weight) - expected) > 0.1 * expected, name
+
+
+def test_gradient_penalty_draws_eps_uniform_on_0_1_once_per_example() -> None:
+    """Gulrajani et al. 2017, Alg. 1: eps ~ U[0, 1], one draw per example, the same for all its pixels. The critic
+    records where it is evaluated; each point lies on the segment from its own fake to its own real example
+    (x_hat - x~ = eps (x - x~) with one eps for every pixel), and the eps read back from 4,000 examples follow
+    U[0, 1] (Kolmogorov-Smirnov distance < 0.03; one eps for the whole batch gives about 0.5). The penalty is the
+    mean of (||grad f(x_hat)||_2 - 1)^2 at the recorded points."""
+    torch.manual_seed(2)
+    count = 4000
+    real, fake = torch.randn(count, 2, 2, 2), torch.randn(count, 2, 2, 2)
+    weight = torch.randn(8)
+    critic, seen = _asymmetric_critic(weight), []
+
+    def recording_critic(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.detach().clone())
+        return critic(x)
+
+    penalty = gradient_penalty(recording_critic, real, fake).item()
+    (points,) = seen
+    direction = (real - fake).flatten(1)
+    offset = (points - fake).flatten(1)
+    eps = (offset * direction).sum(1) / direction.square().sum(1)  # least squares along each example's segment
+    torch.testing.assert_close(offset, eps[:, None] * direction, rtol=0, atol=1e-5)
+    assert eps.min() >= -1e-6 and eps.max() <= 1 + 1e-6
+    uniform = (torch.arange(count) + 0.5) / count
+    assert (eps.sort().values - uniform).abs().max() < 0.03
+    assert penalty == pytest.approx(_penalty_at(points, weight), rel=1e-5)
 
 
 def test_spectral_norm_leaves_a_largest_singular_value_of_one() -> None:
@@ -95,21 +153,52 @@ def test_spectral_norm_leaves_a_largest_singular_value_of_one() -> None:
     assert torch.linalg.matrix_norm(reshaped, ord=2).item() == pytest.approx(1.0, abs=1e-3)
 
 
-def test_self_attention_matches_scaled_dot_product_attention() -> None:
-    """SAGAN's attention is softmax attention with query g(x_j), key f(x_i), value h(x_i) and no 1/sqrt(d)."""
+def test_self_attention_map_is_the_papers_softmax_over_attended_positions() -> None:
+    """Zhang et al. 2018, Sec. 3: s_ij = f(x_i)^T g(x_j), beta_{j,i} = exp(s_ij) / sum_i exp(s_ij) (no 1/sqrt(d)),
+    o_j = v(sum_i beta_{j,i} h(x_i)). The explicit ``attention`` returns that o and the map beta[b, j, i]."""
     torch.manual_seed(3)
     block = SelfAttention2d(16, use_spectral_norm=False)
     x = torch.randn(2, 16, 5, 6)
     output, beta = block.attention(x)
-    queries = block.g(x).flatten(2).transpose(1, 2)  # (B, N, C_bar)
-    keys = block.f(x).flatten(2).transpose(1, 2)
-    values = block.h(x).flatten(2).transpose(1, 2)
-    reference = F.scaled_dot_product_attention(queries, keys, values, scale=1.0)  # (B, N, C_bar)
-    expected = block.v(reference.transpose(1, 2).reshape(2, -1, 5, 6))
-    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+    f, g, h = (projection(x).flatten(2) for projection in (block.f, block.g, block.h))  # (B, C_bar, N)
+    scores = torch.einsum("bci,bcj->bij", f, g)  # s[b, i, j] = f(x_i) . g(x_j)
+    expected_beta = scores.softmax(dim=1).transpose(1, 2)  # normalised over i, stored as [b, j, i]
+    torch.testing.assert_close(beta, expected_beta, rtol=1e-5, atol=1e-6)
+    attended = torch.einsum("bji,bci->bcj", expected_beta, h)  # sum_i beta_{j,i} h(x_i)
+    torch.testing.assert_close(output, block.v(attended.reshape(2, -1, 5, 6)), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(beta.sum(-1), torch.ones(2, 30))
     # gamma starts at 0: the block is the identity at initialisation.
     torch.testing.assert_close(block(x), x)
+
+
+@pytest.mark.parametrize("use_spectral_norm", [False, True])
+def test_self_attention_forward_equals_the_explicit_map_in_value_and_gradient(use_spectral_norm: bool) -> None:
+    """SAGAN's y = gamma o + x: ``forward`` (fused attention, no (N, N) map) equals gamma * attention(x)[0] + x to
+    1e-5 in float32, and so do its gradients for x and for every weight."""
+    torch.manual_seed(8)
+    block = SelfAttention2d(32, use_spectral_norm=use_spectral_norm).eval()  # eval: no power iteration per call
+    with torch.no_grad():
+        block.gamma.fill_(0.7)
+    x = torch.randn(2, 32, 16, 16, requires_grad=True)  # N = 256 positions
+    cotangent = torch.randn(2, 32, 16, 16)
+    inputs = [x, *block.parameters()]
+    fused = block(x)
+    explicit = block.gamma * block.attention(x)[0] + x
+    torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
+    fused_grads = torch.autograd.grad(fused, inputs, cotangent)
+    explicit_grads = torch.autograd.grad(explicit, inputs, cotangent)
+    for fused_grad, explicit_grad in zip(fused_grads, explicit_grads, strict=True):
+        torch.testing.assert_close(fused_grad, explicit_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_self_attention_forward_runs_on_the_fused_kernel_alone() -> None:
+    """The point of ``forward``: torch's flash kernel, which never stores the (N, N) map, accepts its inputs (a
+    strided last dimension would send torch back to the explicit matrix, and this raises)."""
+    block = SelfAttention2d(16)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        block(x).sum().backward()
+    assert x.grad is not None
 
 
 def test_conditional_batch_norm_starts_as_batch_norm_and_separates_classes() -> None:

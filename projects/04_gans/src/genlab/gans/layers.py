@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -32,7 +33,11 @@ class SelfAttention2d(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(()))
 
     def attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, C, H, W) -> (o (B, C, H, W), beta (B, N, N) with beta[b, j, i] = beta_{j,i})."""
+        """x (B, C, H, W) -> (o (B, C, H, W), beta (B, N, N) with beta[b, j, i] = beta_{j,i}).
+
+        The paper's equations as written, the (N, N) attention map materialised: the readable reference, and what
+        to look at. ``forward`` computes the same o without the map.
+        """
         batch, _, height, width = x.shape
         keys = self.f(x).flatten(2)  # f(x): (B, C_bar, N)
         queries = self.g(x).flatten(2)  # g(x): (B, C_bar, N)
@@ -43,7 +48,16 @@ class SelfAttention2d(nn.Module):
         return self.v(attended.view(batch, -1, height, width)), beta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gamma * self.attention(x)[0] + x
+        """y = gamma o + x, o as in ``attention`` through torch's fused softmax attention, which never stores the
+        (N, N) map: query g(x_j), key f(x_i), value h(x_i), and scale 1 (SAGAN has no 1 / sqrt(C_bar))."""
+        batch, _, height, width = x.shape
+        # (B, N, C_bar) each, made contiguous: with a strided last dimension torch falls back to the (N, N) matrix
+        queries = self.g(x).flatten(2).transpose(1, 2).contiguous()  # g(x_j)
+        keys = self.f(x).flatten(2).transpose(1, 2).contiguous()  # f(x_i)
+        values = self.h(x).flatten(2).transpose(1, 2).contiguous()  # h(x_i)
+        attended = F.scaled_dot_product_attention(queries, keys, values, scale=1.0)  # sum_i beta_{j,i} h(x_i)
+        o = self.v(attended.transpose(1, 2).reshape(batch, -1, height, width))
+        return self.gamma * o + x
 
 
 class ConditionalBatchNorm2d(nn.Module):
