@@ -86,7 +86,7 @@ def console_script(
     return main
 
 
-def require_positive(config: Any, names: Sequence[str], at_least: float = 1) -> None:
+def require_at_least(config: Any, names: Sequence[str], at_least: float = 1) -> None:
     """One line naming the first flag in ``names`` whose value is not a finite number >= ``at_least``."""
     for name in names:
         value = getattr(config, name)

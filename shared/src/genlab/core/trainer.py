@@ -221,7 +221,7 @@ class Trainer:
         """Everything a resume needs, checked before anything is written: the run is this project's, it has a
         readable checkpoint short of --steps, and only the flags in ``config.resumable`` differ from the run's."""
         run, config = self.run_dir, self.config
-        info = read_run_info(run)
+        info = self._saved_info = read_run_info(run)
         if info.get("project") != self.project:
             raise GenlabError(f"{run} is a run of project {info.get('project')!r}, not {self.project!r}")
         checkpoint = latest_checkpoint(run)
@@ -247,7 +247,7 @@ class Trainer:
 
     def _check_recorded(self) -> None:
         """On resume, what the script recorded beside the config (the architecture) must equal the run's."""
-        info = read_run_info(self.run_dir)
+        info = self._saved_info
         changed = [key for key, value in self.config_extra.items() if key in info and value != info[key]]
         if changed:
             raise GenlabError(f"cannot resume {self.run_dir}: its {', '.join(changed)} differs from this command's")
@@ -546,24 +546,23 @@ class Trainer:
         eval_fn: Callable[[Trainer], dict[str, float]] | None = None,
     ) -> dict[str, float]:
         """Train to ``config.steps``; returns the last logged values and the final evaluation."""
-        from tqdm.auto import tqdm
-
         if not self.rules:
             raise ValueError("no update rule: call add_update before fit")
         previous_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self._prepare(data)
-            return self._loop(tqdm, sample_fn, eval_fn)
+            return self._loop(sample_fn, eval_fn)
         finally:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
 
     def _loop(
         self,
-        tqdm: Any,
         sample_fn: Callable[[Trainer], torch.Tensor] | None,
         eval_fn: Callable[[Trainer], dict[str, float]] | None,
     ) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
         config = self.config
         totals: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}

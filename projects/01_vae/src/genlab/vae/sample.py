@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from genlab.core.config import option
-from genlab.core.harness import SampleConfig, console_script, open_run, require_positive, unit_to_uint8
+from genlab.core.harness import SampleConfig, console_script, open_run, require_at_least, unit_to_uint8
 from genlab.core.visualise import interpolate_latents, latent_traversal, manifold_grid, to_unit
 from genlab.vae.model import VAE
 from genlab.vae.objective import likelihood_mean, sample_likelihood
@@ -38,10 +38,10 @@ class VAESampleConfig(SampleConfig):
 
     def validate(self) -> None:
         super().validate()
-        require_positive(self, ("count", "interpolation_steps", "manifold_steps"), at_least=2)
-        require_positive(self, ("interpolations",))
-        require_positive(self, ("nll_samples", "traversal_dims"), at_least=0)
-        require_positive(self, ("traversal_range",), at_least=0)
+        require_at_least(self, ("count", "interpolation_steps", "manifold_steps"), at_least=2)
+        require_at_least(self, ("interpolations",))
+        require_at_least(self, ("nll_samples", "traversal_dims"), at_least=0)
+        require_at_least(self, ("traversal_range",), at_least=0)
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from genlab.autoregressive.sampler import has_cached_sampler, labels_by_row, sam
 from genlab.autoregressive.train import PROJECT, evaluate_nll, value_range_for
 from genlab.core.config import option
 from genlab.core.errors import GenlabError
-from genlab.core.harness import SampleConfig, console_script, open_run, require_positive
+from genlab.core.harness import SampleConfig, console_script, open_run, require_at_least
 
 
 @dataclass
@@ -42,8 +42,8 @@ class ARSampleConfig(SampleConfig):
 
     def validate(self) -> None:
         super().validate()
-        require_positive(self, ("count", "compare_count", "completions_per_image"))
-        require_positive(self, ("completions",), at_least=0)
+        require_at_least(self, ("count", "compare_count", "completions_per_image"))
+        require_at_least(self, ("completions",), at_least=0)
         if not self.temperature > 0 or not math.isfinite(self.temperature):
             raise GenlabError(f"--temperature must be a positive number, got {self.temperature}")
 

@@ -21,7 +21,7 @@ import torch
 
 from genlab.core.config import option
 from genlab.core.errors import GenlabError
-from genlab.core.harness import SampleConfig, console_script, open_run, require_positive
+from genlab.core.harness import SampleConfig, console_script, open_run, require_at_least
 from genlab.core.visualise import interpolate_latents
 from genlab.flows.model import FlowModel
 from genlab.flows.objective import dequantise
@@ -45,9 +45,9 @@ class FlowSampleConfig(SampleConfig):
         super().validate()
         if not self.temperatures or any(not (t >= 0 and math.isfinite(t)) for t in self.temperatures):
             raise GenlabError(f"--temperatures must be numbers >= 0, got {self.temperatures}")
-        require_positive(self, ("scale_temperature", "npz_temperature", "interpolations", "scale_images"), at_least=0)
-        require_positive(self, ("per_row",))
-        require_positive(self, ("interpolation_steps",), at_least=2)
+        require_at_least(self, ("scale_temperature", "npz_temperature", "interpolations", "scale_images"), at_least=0)
+        require_at_least(self, ("per_row",))
+        require_at_least(self, ("interpolation_steps",), at_least=2)
 
 
 def blacken_overflows(images: torch.Tensor, name: str) -> torch.Tensor:

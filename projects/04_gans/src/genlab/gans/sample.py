@@ -14,7 +14,7 @@ import torch
 
 from genlab.core.config import option
 from genlab.core.errors import GenlabError
-from genlab.core.harness import SampleConfig, console_script, open_run, require_positive, unit_to_uint8
+from genlab.core.harness import SampleConfig, console_script, open_run, require_at_least, unit_to_uint8
 from genlab.gans.model import Generator
 from genlab.gans.toy import GaussianMixture, mode_coverage, scatter_image
 from genlab.gans.train import PROJECT, toy_points
@@ -29,7 +29,7 @@ class GANSampleConfig(SampleConfig):
 
     def validate(self) -> None:
         super().validate()
-        require_positive(self, ("count",))
+        require_at_least(self, ("count",))
 
 
 @torch.no_grad()
