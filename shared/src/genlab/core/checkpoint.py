@@ -17,6 +17,7 @@ A damaged file (truncated weights, garbage JSON) is a one-line error naming it, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -193,6 +194,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise GenlabError("--device mps was asked for, but MPS is not available")
     return torch.device(name)
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """sha256 of a module's weights (every tensor of its state dict, by name, dtype, shape and bytes): the identity
+    a second stage records of the first-stage model it was made with, independent of how the file was written."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_pretrained(path: str | Path, model_class: type, name: str, project: str, ema: bool = True) -> Any:

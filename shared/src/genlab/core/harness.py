@@ -165,15 +165,18 @@ class OpenedRun:
         return self.written
 
 
-def open_run(config: SampleConfig, model_class: type, name: str, project: str) -> OpenedRun:
+def open_run(
+    config: SampleConfig, model_class: type, name: str, project: str, default_out: str = "samples"
+) -> OpenedRun:
     """Resolve ``config.run`` (a run or checkpoint folder), load model ``name`` (EMA weights when asked and
-    present), seed torch, and make the output folder; every refusal is one line, before anything is written."""
+    present), seed torch, and make the output folder (``--out``, else ``<run>/<default_out>``); every refusal is
+    one line, before anything is written."""
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     run_dir, checkpoint = resolve_checkpoint(config.run)
     model = load_pretrained(checkpoint, model_class, name, project, ema=config.ema).to(device).eval()
     train_config = read_run_info(run_dir)["config"]
-    out = Path(config.out) if config.out else run_dir / "samples"
+    out = Path(config.out) if config.out else run_dir / default_out
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(config.seed)
     return OpenedRun(config, run_dir, checkpoint, train_config, device, out, model, generator)

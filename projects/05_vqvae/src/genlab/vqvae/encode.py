@@ -1,0 +1,63 @@
+"""vqvae-encode: a data set's token grids, for a second stage (06's GPT and MaskGIT) to model.
+
+    uv run vqvae-encode --run runs/vqvae/fashion-20261201-120000        # -> <run>/tokens/
+
+writes train.safetensors and test.safetensors (one int64 grid per level, coarsest first, and the labels) and
+tokens.json (the data set, the grids' shapes, K, and the autoencoder: run, checkpoint, config and the sha256 of
+its weights, which the second stage checks before it decodes). Decoding tokens back to images is one call:
+``VQVAE.decode_tokens([top, bottom])``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from genlab.core.config import option
+from genlab.core.data import iterate_batches
+from genlab.core.errors import GenlabError
+from genlab.core.harness import SampleConfig, console_script, open_run, require_at_least
+from genlab.vqvae.model import VQVAE
+from genlab.vqvae.tokens import token_info, write_token_info, write_token_split
+from genlab.vqvae.train import PROJECT, load_split
+
+
+@dataclass
+class EncodeConfig(SampleConfig):
+    """Encode the train and test splits of the run's data set to token grids."""
+
+    out: str = option("", "output folder (default: <run>/tokens)")
+    splits: Literal["both", "train", "test"] = option("both", "which splits to encode")
+    batch_size: int = option(500, "images per encoder batch")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.npz:
+            raise GenlabError("--npz does not apply to vqvae-encode (it writes tokens, not images)")
+        require_at_least(self, ("batch_size",))
+
+
+@torch.no_grad()
+def encode(config: EncodeConfig) -> dict[str, Path]:
+    run = open_run(config, VQVAE, "vqvae", PROJECT, default_out="tokens")
+    model: VQVAE = run.model
+    splits = ("train", "test") if config.splits == "both" else (config.splits,)
+    sizes = {}
+    for split in splits:
+        data = load_split(run.train_config, split, config.data_dir).to(run.device)
+        if data.shape != model.config.image_shape:
+            raise GenlabError(f"{split} images are {data.shape}, the autoencoder expects {model.config.image_shape}")
+        grids = [model.encode(batch.images) for batch in iterate_batches(data, config.batch_size)]
+        levels = [torch.cat(level) for level in zip(*grids, strict=True)]  # each (N, h, w)
+        run.written[split] = write_token_split(run.out, split, levels, data.labels)
+        sizes[split] = len(data)
+        print(f"{split}: {len(data)} images -> grids {[tuple(g.shape[1:]) for g in levels]}")
+    info = token_info(model, run.run_dir, run.checkpoint, run.train_config, sizes)
+    run.written["info"] = write_token_info(run.out, info)
+    return run.finish()
+
+
+main = console_script(EncodeConfig, encode, "vqvae-encode")

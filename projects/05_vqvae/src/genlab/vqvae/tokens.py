@@ -1,0 +1,99 @@
+"""Token grids on disk: what ``vqvae-encode`` writes and what a second stage (06's GPT and MaskGIT) reads.
+
+A token folder holds, per split, ``<split>.safetensors`` (``level0`` ... one (N, h, w) int64 grid per level,
+coarsest first, and ``labels`` when the data set has classes), and ``tokens.json``: the data set, the splits'
+sizes, each level's grid shape, K, and the autoencoder that made them: its run, checkpoint, model config and
+the sha256 of its weights. A second stage records that hash and refuses to decode with any other autoencoder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from genlab.core.checkpoint import read_json, weights_sha256, write_text_atomic
+from genlab.core.errors import GenlabError
+from genlab.vqvae.model import VQVAE
+
+INFO_FILE = "tokens.json"
+
+
+@dataclass
+class TokenSet:
+    """One split's token grids (coarsest level first) and labels, with the folder's tokens.json."""
+
+    levels: list[torch.Tensor]  # each (N, h, w) int64
+    labels: torch.Tensor | None  # (N,) int64
+    info: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.levels[0])
+
+
+def write_token_split(folder: Path, split: str, levels: list[torch.Tensor], labels: torch.Tensor | None) -> Path:
+    tensors = {f"level{i}": grid.to(torch.int64).contiguous().cpu() for i, grid in enumerate(levels)}
+    if labels is not None:
+        tensors["labels"] = labels.to(torch.int64).contiguous().cpu()
+    path = folder / f"{split}.safetensors"
+    temporary = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(temporary))
+    temporary.replace(path)
+    return path
+
+
+def token_info(model: VQVAE, run: Path, checkpoint: Path, train_config: dict[str, Any], sizes: dict[str, int]) -> dict:
+    """tokens.json's content for tokens made by ``model``."""
+    config = model.config
+    return {
+        "dataset": train_config["dataset"],
+        "image_size": train_config.get("image_size"),
+        "splits": sizes,
+        "token_shapes": [list(shape) for shape in config.token_shapes()],
+        "num_codes": config.num_codes,
+        "autoencoder": {
+            "run": str(run),
+            "checkpoint": str(checkpoint),
+            "weights_sha256": weights_sha256(model),
+            "config": {**vars(config), "image_shape": list(config.image_shape)},
+        },
+    }
+
+
+def write_token_info(folder: Path, info: dict[str, Any]) -> Path:
+    path = folder / INFO_FILE
+    write_text_atomic(path, json.dumps(info, indent=1) + "\n")
+    return path
+
+
+def load_tokens(folder: str | Path, split: str) -> TokenSet:
+    """One split of a token folder; a missing or damaged file is one line naming it."""
+    folder = Path(folder)
+    info = read_json(folder / INFO_FILE, "write it with vqvae-encode --run <vqvae run>")
+    path = folder / f"{split}.safetensors"
+    if not path.is_file():
+        raise GenlabError(f"{path} is missing: vqvae-encode writes the train and test splits")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise GenlabError(f"{path} is damaged or not safetensors ({error})") from None
+    levels = [tensors[f"level{i}"] for i in range(len(info["token_shapes"])) if f"level{i}" in tensors]
+    shapes = [list(grid.shape[1:]) for grid in levels]
+    if shapes != info["token_shapes"] or len({len(grid) for grid in levels}) != 1:
+        raise GenlabError(f"{path} holds grids {shapes}, but {folder / INFO_FILE} says {info['token_shapes']}")
+    return TokenSet(levels, tensors.get("labels"), info)
+
+
+def check_autoencoder(model: VQVAE, expected_sha256: str, where: str) -> None:
+    """Refuse, in one line, to decode tokens with an autoencoder other than the one that made them."""
+    actual = weights_sha256(model)
+    if actual != expected_sha256:
+        raise GenlabError(
+            f"{where}: this autoencoder's weights (sha256 {actual[:12]}) are not the ones that made the tokens "
+            f"({expected_sha256[:12]}); decode with the autoencoder named in the tokens' {INFO_FILE}"
+        )
