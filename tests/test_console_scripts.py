@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / script), *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_vae_train_sample_and_resume_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_vae_train_sample_and_resume_end_to_end(tmp_path: Path, user_error: Callable[..., str]) -> None:
     """vae-train writes a complete run folder, vae-sample draws every picture from it, --resume continues it."""
     run = tmp_path / "run"
     trained = _run("vae-train", *TINY, "--steps", "20", "--run-dir", str(run), "--latent-dim", "2")
@@ -45,7 +46,7 @@ def test_vae_train_sample_and_resume_end_to_end(tmp_path: Path, capsys: pytest.C
     expected = {"prior_samples.png", "reconstructions.png", "interpolations.png", "traversals.png", "manifold.png"}
     assert expected | {"samples.npz"} <= names
 
-    refused = _error_line(capsys, vae_train.main, [*TINY, "--steps", "20", "--run-dir", str(run)])
+    refused = user_error(vae_train.main, [*TINY, "--steps", "20", "--run-dir", str(run)])
     assert "already holds a trained run" in refused  # training again into a finished run would overwrite it
 
     vae_train.main(["--resume", str(run), "--steps", "30"])  # in-process: the same entry point, no second start-up
@@ -64,15 +65,6 @@ def test_a_user_mistake_is_one_line_and_exit_2_from_the_real_script(tmp_path: Pa
     assert "unknown dataset 'cifar11'" in result.stderr and "mnist" in result.stderr
 
 
-def _error_line(capsys: pytest.CaptureFixture, main, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    return err
-
-
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
@@ -87,33 +79,33 @@ def _error_line(capsys: pytest.CaptureFixture, main, argv: list[str]) -> str:
     ],
 )
 def test_nonsense_flags_are_refused(
-    capsys: pytest.CaptureFixture, tmp_path: Path, argv: list[str], expected: str
+    user_error: Callable[..., str], tmp_path: Path, argv: list[str], expected: str
 ) -> None:
-    err = _error_line(capsys, vae_train.main, [*argv, "--run-dir", str(tmp_path / "r")])
+    err = user_error(vae_train.main, [*argv, "--run-dir", str(tmp_path / "r")])
     assert expected in err
 
 
-def test_missing_data_offline_names_the_folder_and_files(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    err = _error_line(capsys, vae_train.main, ["--dataset", "mnist", "--data-dir", str(tmp_path)])
+def test_missing_data_offline_names_the_folder_and_files(user_error: Callable[..., str], tmp_path: Path) -> None:
+    err = user_error(vae_train.main, ["--dataset", "mnist", "--data-dir", str(tmp_path)])
     assert str(tmp_path / "MNIST" / "raw") in err and "train-images-idx3-ubyte" in err
 
 
-def test_sample_refuses_a_checkpoint_of_another_model(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+def test_sample_refuses_a_checkpoint_of_another_model(user_error: Callable[..., str], tmp_path: Path) -> None:
     run = tmp_path / "gan-run"
     checkpoint = run / "checkpoints" / "step_00000010"
     (checkpoint / "generator").mkdir(parents=True)
     (checkpoint / "state.json").write_text(json.dumps({"step": 10, "project": "gans"}))
     (run / "checkpoints" / "latest").write_text("step_00000010")
     (run / "config.json").write_text(json.dumps({"project": "gans", "config": {}}))
-    err = _error_line(capsys, vae_sample.main, ["--run", str(run)])
+    err = user_error(vae_sample.main, ["--run", str(run)])
     assert "project 'gans', not 'vae'" in err
 
 
-def test_sample_and_resume_refuse_paths_that_are_not_runs(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    assert "does not exist" in _error_line(capsys, vae_sample.main, ["--run", str(tmp_path / "nowhere")])
-    assert "neither a checkpoint nor a run folder" in _error_line(capsys, vae_sample.main, ["--run", str(tmp_path)])
-    assert "is not a run folder" in _error_line(capsys, vae_train.main, ["--resume", str(tmp_path)])
-    assert "--run is required" in _error_line(capsys, vae_sample.main, [])
+def test_sample_and_resume_refuse_paths_that_are_not_runs(user_error: Callable[..., str], tmp_path: Path) -> None:
+    assert "does not exist" in user_error(vae_sample.main, ["--run", str(tmp_path / "nowhere")])
+    assert "neither a checkpoint nor a run folder" in user_error(vae_sample.main, ["--run", str(tmp_path)])
+    assert "is not a run folder" in user_error(vae_train.main, ["--resume", str(tmp_path)])
+    assert "--run is required" in user_error(vae_sample.main, [])
 
 
 def test_help_lists_every_shared_flag(capsys: pytest.CaptureFixture) -> None:

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ def test_the_seed_fixes_the_initial_weights_and_so_the_whole_run(tmp_path: Path)
 
 
 def test_order_agnostic_made_reports_its_ensemble_and_samples_naively(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture, user_error: Callable[..., str]
 ) -> None:
     """MADE Sec. 4.2: with several mask sets the final results also hold the test NLL of their ensemble (a mixture,
     log-mean-exp of the per-mask likelihoods); ar-sample reloads the checkpoint and gets the same numbers, samples
@@ -88,7 +89,7 @@ def test_order_agnostic_made_reports_its_ensemble_and_samples_naively(
     assert np.load(out / "samples.npz")["samples"].shape == (3, 1, 8, 8)
     assert (out / "completions.png").is_file()
     capsys.readouterr()
-    err = _error_line(capsys, ["--run", str(run), "--sampler", "cached"], sample.main)
+    err = user_error(sample.main, ["--run", str(run), "--sampler", "cached"])
     assert "made has no cached sampler" in err
 
 
@@ -117,15 +118,6 @@ def test_ar_sample_writes_samples_completions_and_a_sampler_comparison(tmp_path:
     assert reloaded["nll_nats"] == pytest.approx(_results(run)["nll_nats"], rel=1e-5)
 
 
-def _error_line(capsys: pytest.CaptureFixture, argv: list[str], main=train.main) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
-
-
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
@@ -140,18 +132,18 @@ def _error_line(capsys: pytest.CaptureFixture, argv: list[str], main=train.main)
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2_before_any_data_is_read(
-    capsys: pytest.CaptureFixture, tmp_path: Path, argv: list[str], expected: str
+    user_error: Callable[..., str], tmp_path: Path, argv: list[str], expected: str
 ) -> None:
     """The data folder is empty and downloads are off, so reaching the data loader would give a different error:
     each mistake is caught while the flags are validated."""
-    err = _error_line(capsys, [*argv, "--data-dir", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "r")])
+    err = user_error(train.main, [*argv, "--data-dir", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "r")])
     assert expected in err
     assert not (tmp_path / "r").exists()  # nothing was started
 
 
-def test_missing_data_is_one_line_naming_the_folder(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+def test_missing_data_is_one_line_naming_the_folder(user_error: Callable[..., str], tmp_path: Path) -> None:
     argv = ["--model", "pixelcnn", "--dataset", "mnist", "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r")]
-    err = _error_line(capsys, argv)
+    err = user_error(train.main, argv)
     assert str(tmp_path / "MNIST" / "raw") in err
 
 
@@ -165,6 +157,6 @@ def test_missing_data_is_one_line_naming_the_folder(capsys: pytest.CaptureFixtur
     ],
 )
 def test_ar_sample_mistakes_are_one_line_and_exit_2(
-    capsys: pytest.CaptureFixture, argv: list[str], expected: str
+    user_error: Callable[..., str], argv: list[str], expected: str
 ) -> None:
-    assert expected in _error_line(capsys, argv, sample.main)
+    assert expected in user_error(sample.main, argv)

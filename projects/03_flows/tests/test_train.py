@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -93,15 +94,6 @@ def test_each_objective_falls_on_a_small_structured_batch(name: str) -> None:
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses[::10]
 
 
-def _error_line(capsys: pytest.CaptureFixture, argv: list[str], main=train.main) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
-
-
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
@@ -115,22 +107,22 @@ def _error_line(capsys: pytest.CaptureFixture, argv: list[str], main=train.main)
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2_before_any_data_is_read(
-    capsys: pytest.CaptureFixture, tmp_path: Path, argv: list[str], expected: str
+    user_error: Callable[..., str], tmp_path: Path, argv: list[str], expected: str
 ) -> None:
-    err = _error_line(capsys, [*argv, "--data-dir", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "r")])
+    err = user_error(train.main, [*argv, "--data-dir", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "r")])
     assert expected in err
     assert not (tmp_path / "r").exists()
 
 
-def test_an_image_size_the_levels_cannot_squeeze_is_one_line(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+def test_an_image_size_the_levels_cannot_squeeze_is_one_line(user_error: Callable[..., str], tmp_path: Path) -> None:
     argv = [*TINY, "--model", "glow", "--image-size", "6", "--num-scales", "2", "--run-dir", str(tmp_path / "r")]
-    assert "divisible by 4" in _error_line(capsys, argv)
+    assert "divisible by 4" in user_error(train.main, argv)
     assert not (tmp_path / "r").exists()
 
 
-def test_missing_data_is_one_line_naming_the_folder(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+def test_missing_data_is_one_line_naming_the_folder(user_error: Callable[..., str], tmp_path: Path) -> None:
     argv = ["--dataset", "fashion_mnist", "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r")]
-    assert str(tmp_path / "FashionMNIST" / "raw") in _error_line(capsys, argv)
+    assert str(tmp_path / "FashionMNIST" / "raw") in user_error(train.main, argv)
 
 
 def test_overflowed_samples_are_drawn_black_and_counted(capsys: pytest.CaptureFixture[str]) -> None:
@@ -159,9 +151,9 @@ def test_overflowed_samples_are_drawn_black_and_counted(capsys: pytest.CaptureFi
     ],
 )
 def test_flow_sample_mistakes_are_one_line_and_exit_2(
-    capsys: pytest.CaptureFixture, argv: list[str], expected: str
+    user_error: Callable[..., str], argv: list[str], expected: str
 ) -> None:
-    assert expected in _error_line(capsys, argv, sample.main).lower()
+    assert expected in user_error(sample.main, argv).lower()
 
 
 def test_flow_compare_trains_both_glows_on_the_same_batches(tmp_path: Path) -> None:

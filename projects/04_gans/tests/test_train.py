@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +18,6 @@ from genlab.gans import sample, train
 
 TINY = ["--dataset", "synthetic", "--batch-size", "8", "--latent-dim", "8", "--width", "4", "--device", "cpu",
         "--no-progress", "--sample-images", "4"]  # fmt: skip
-
-
-def _error_line(capsys: pytest.CaptureFixture, argv: list[str], main) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1
-    return error
 
 
 def _weights(run: Path, name: str) -> dict[str, torch.Tensor]:
@@ -130,14 +122,16 @@ def test_genlab_eval_scores_a_gan_run(tmp_path: Path, capsys: pytest.CaptureFixt
         (["--dataset", "ring8", "--variant", "gan", "--toy-std", "0"], "--toy-std must be positive"),
     ],
 )
-def test_gan_train_mistakes_are_one_line(capsys: pytest.CaptureFixture, argv: list[str], expected: str) -> None:
-    assert expected in _error_line(capsys, [*TINY, *argv], train.main).lower()
+def test_gan_train_mistakes_are_one_line(user_error: Callable[..., str], argv: list[str], expected: str) -> None:
+    assert expected in user_error(train.main, [*TINY, *argv]).lower()
 
 
-def test_gan_sample_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert "--run is required" in _error_line(capsys, [], sample.main)
-    assert "does not exist" in _error_line(capsys, ["--run", str(tmp_path / "absent")], sample.main)
+def test_gan_sample_mistakes_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, user_error: Callable[..., str]
+) -> None:
+    assert "--run is required" in user_error(sample.main, [])
+    assert "does not exist" in user_error(sample.main, ["--run", str(tmp_path / "absent")])
     run = tmp_path / "dcgan"
     train.main([*TINY, "--variant", "dcgan", "--steps", "1", "--run-dir", str(run)])
     capsys.readouterr()
-    assert "--class-label" in _error_line(capsys, ["--run", str(run), "--class-label", "2"], sample.main)
+    assert "--class-label" in user_error(sample.main, ["--run", str(run), "--class-label", "2"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +21,6 @@ from genlab.vqvae.tokens import check_autoencoder, load_tokens
 TINY = ["--batch-size", "32", "--hidden-channels", "16", "--residual-channels", "8", "--residual-layers", "1",
         "--num-codes", "16", "--code-dim", "4", "--log-every", "5", "--sample-every", "10", "--eval-every", "10",
         "--checkpoint-every", "10", "--eval-images", "64", "--no-progress", "--device", "cpu"]  # fmt: skip
-
-
-def _error_line(capsys: pytest.CaptureFixture, main, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +85,11 @@ def test_vqvae2_trains_on_32x32_and_shows_its_levels(tmp_path: Path) -> None:
     assert (run / "samples" / "levels.png").is_file()
 
 
-def test_user_mistakes_are_one_line(capsys: pytest.CaptureFixture, trained_run: Path, tmp_path: Path) -> None:
-    err = _error_line(capsys, vqvae_train.main, ["--model", "vqvae2", "--dataset", "synthetic", *TINY,
+def test_user_mistakes_are_one_line(user_error: Callable[..., str], trained_run: Path, tmp_path: Path) -> None:
+    err = user_error(vqvae_train.main, ["--model", "vqvae2", "--dataset", "synthetic", *TINY,
                                                  "--run-dir", str(tmp_path / "r")])  # fmt: skip
     assert "--image-size 32" in err and not (tmp_path / "r").exists()
-    assert "--decay" in _error_line(capsys, vqvae_train.main, ["--decay", "1.5", "--run-dir", str(tmp_path / "d")])
-    assert "--npz" in _error_line(capsys, vqvae_encode.main, ["--run", str(trained_run), "--npz", "5"])
-    assert "multiple of 8" in _error_line(capsys, vqvae_sample.main, ["--run", str(trained_run), "--count", "12"])
-    assert "only" in _error_line(capsys, vqvae_sample.main, ["--run", str(trained_run), "--npz", "100000"])
+    assert "--decay" in user_error(vqvae_train.main, ["--decay", "1.5", "--run-dir", str(tmp_path / "d")])
+    assert "--npz" in user_error(vqvae_encode.main, ["--run", str(trained_run), "--npz", "5"])
+    assert "multiple of 8" in user_error(vqvae_sample.main, ["--run", str(trained_run), "--count", "12"])
+    assert "only" in user_error(vqvae_sample.main, ["--run", str(trained_run), "--npz", "100000"])
