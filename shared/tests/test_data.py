@@ -16,9 +16,11 @@ from genlab.core.data import (
     DATASETS,
     BatchStream,
     ImageDataset,
+    SequenceDataset,
     data_root,
     iterate_batches,
     load_dataset,
+    load_text,
     synthetic_shapes,
 )
 from genlab.core.errors import GenlabError
@@ -365,3 +367,41 @@ def test_float_data_passes_through_the_batch_stream() -> None:
     batch = BatchStream(data, 8, seed=0).next()
     assert batch.images.dtype == torch.float32 and batch.images.shape == (8, 2, 1, 1)
     assert any(torch.equal(image, point) for image in batch.images[:1] for point in points)
+
+
+# ---- token sequences: text windows and token grids ----
+
+
+def test_text_is_split_by_position_and_read_as_every_window(tmp_path: Path) -> None:
+    text = "abcabcabcd" * 10  # 100 characters, vocabulary a b c d
+    (tmp_path / "input.txt").write_text(text)
+    train = load_text(tmp_path / "input.txt", "train", window=5)
+    test = load_text(tmp_path / "input.txt", "test", window=5)
+    assert train.vocabulary == ["a", "b", "c", "d"] == test.vocabulary
+    assert len(train.tokens) == 90 and len(test.tokens) == 10  # the first 90% trains
+    decoded = "".join(train.vocabulary[i] for i in train.tokens.tolist())
+    assert decoded == text[:90] and "".join(test.vocabulary[i] for i in test.tokens.tolist()) == text[90:]
+    assert len(train) == 86 and train.shape == (5,)  # every start position of a whole window
+    batch = train.batch(torch.tensor([0, 85, 7])).images  # (3, 5)
+    assert ["".join(train.vocabulary[i] for i in row) for row in batch.tolist()] == [text[0:5], text[85:90], text[7:12]]
+
+
+def test_a_batch_stream_draws_each_window_once_per_epoch(tmp_path: Path) -> None:
+    tokens = torch.arange(20)
+    data = SequenceDataset("stream", "train", tokens, window=4)  # 17 windows
+    stream = BatchStream(data, global_batch_size=4, seed=0)
+    batches = [stream.next().images for _ in range(stream.batches_per_epoch)]  # each (4, 4): consecutive tokens
+    assert all(torch.equal(b, b[:, :1] + torch.arange(4)) for b in batches)
+    starts = [int(start) for b in batches for start in b[:, 0]]
+    assert len(set(starts)) == 16 and set(starts) <= set(range(17))  # 4 batches of 4, no start twice
+    rows = SequenceDataset("grids", "train", torch.arange(12).view(6, 2), labels=torch.arange(6) * 10)
+    batch = rows.batch(torch.tensor([4, 1]))
+    assert batch.images.tolist() == [[8, 9], [2, 3]] and batch.labels.tolist() == [40, 10]
+
+
+def test_text_that_is_missing_or_too_short_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(GenlabError, match="no text file"):
+        load_text(tmp_path / "absent.txt", "train", window=5)
+    (tmp_path / "short.txt").write_text("abcdefghij")
+    with pytest.raises(GenlabError, match="fewer than one window"):
+        load_text(tmp_path / "short.txt", "test", window=5)  # the test split holds 1 character

@@ -75,6 +75,10 @@ class ImageDataset:
     def num_classes(self) -> int:
         return len(self.class_names) if self.class_names else 0
 
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
     def to(self, device: torch.device | str) -> ImageDataset:
         labels = None if self.labels is None else self.labels.to(device)
         return ImageDataset(
@@ -92,6 +96,69 @@ class ImageDataset:
         labels = None if self.labels is None else self.labels[indices]
         captions = None if self.captions is None else [self.captions[i] for i in indices.tolist()]
         return Batch(images, labels, captions)
+
+
+@dataclass
+class SequenceDataset:
+    """Token sequences for the training loop, as ImageDataset is for images: rows of one length (image token grids
+    in raster order, with their labels), or every window of ``window`` tokens of one long stream (text). A batch
+    holds (B, L) int64 token ids in ``Batch.images``."""
+
+    name: str
+    split: Split
+    tokens: torch.Tensor  # (N, L) int64 rows, or (S,) int64 one stream
+    window: int = 0  # > 0: the sequences are the S - window + 1 windows of the stream
+    labels: torch.Tensor | None = None  # (N,) int64, rows only
+    vocabulary: list[str] | None = None  # a character per token id, for text
+    value_range: str = "tokens"
+
+    def __post_init__(self) -> None:
+        if self.window and (self.tokens.dim() != 1 or len(self.tokens) < self.window):
+            raise GenlabError(
+                f"{self.name} {self.split}: {len(self.tokens)} tokens, fewer than one window of {self.window}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.tokens) - self.window + 1 if self.window else len(self.tokens)
+
+    @property
+    def shape(self) -> tuple[int]:
+        """(L,): the length of one sequence."""
+        return (self.window,) if self.window else (self.tokens.shape[1],)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tokens.device
+
+    def to(self, device: torch.device | str) -> SequenceDataset:
+        labels = None if self.labels is None else self.labels.to(device)
+        return SequenceDataset(self.name, self.split, self.tokens.to(device), self.window, labels, self.vocabulary)
+
+    def batch(self, indices: torch.Tensor, noise: torch.Tensor | None = None) -> Batch:
+        """The sequences at ``indices`` (a tensor on the data's device) as (B, L) int64."""
+        if self.window:
+            offsets = torch.arange(self.window, device=indices.device)
+            return Batch(self.tokens[indices[:, None] + offsets])  # (B, window): windows starting at indices
+        return Batch(self.tokens[indices], None if self.labels is None else self.labels[indices])
+
+
+def load_text(path: str | Path, split: Split, window: int, train_fraction: float = 0.9) -> SequenceDataset:
+    """A text file as characters: the vocabulary is the file's distinct characters in code-point order, the first
+    ``train_fraction`` of the file (by position) is the train split, the rest the test split, and the sequences
+    are all windows of ``window`` characters."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise GenlabError(f"no text file at {path}: pass --text FILE, or put shakespeare/input.txt under the data root")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as error:
+        raise GenlabError(f"{path} is not readable UTF-8 text ({error})") from None
+    vocabulary = sorted(set(text))
+    lookup = {char: i for i, char in enumerate(vocabulary)}
+    cut = int(len(text) * train_fraction)
+    part = text[:cut] if split == "train" else text[cut:]
+    tokens = torch.tensor([lookup[char] for char in part], dtype=torch.int64)
+    return SequenceDataset(path.stem, split, tokens, window, vocabulary=vocabulary)
 
 
 def convert_range(images: torch.Tensor, value_range: ValueRange, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -351,7 +418,7 @@ class BatchStream:
 
     def __init__(
         self,
-        dataset: ImageDataset,
+        dataset: ImageDataset | SequenceDataset,
         global_batch_size: int,
         seed: int = 0,
         rank: int = 0,
@@ -360,7 +427,7 @@ class BatchStream:
         if global_batch_size % world_size:
             raise GenlabError(f"batch size {global_batch_size} does not divide among {world_size} processes")
         if global_batch_size > len(dataset):
-            raise GenlabError(f"batch size {global_batch_size} exceeds the data set's {len(dataset)} images")
+            raise GenlabError(f"batch size {global_batch_size} exceeds the data set's {len(dataset)} examples")
         self.dataset = dataset
         self.global_batch_size = global_batch_size
         self.local_batch_size = global_batch_size // world_size
@@ -386,13 +453,13 @@ class BatchStream:
         epoch, position = divmod(self.draws, self.batches_per_epoch)
         if epoch != self._epoch:
             permutation = torch.randperm(len(self.dataset), generator=self._generator(0, epoch))
-            self._permutation = permutation.to(self.dataset.images.device)
+            self._permutation = permutation.to(self.dataset.device)
             self._epoch = epoch
         start = position * self.global_batch_size + self.rank * self.local_batch_size
         indices = self._permutation[start : start + self.local_batch_size]
         noise = None
         if self.dataset.value_range == "binary":
-            device = self.dataset.images.device
+            device = self.dataset.device
             global_shape = (self.global_batch_size, *self.dataset.shape)
             noise = torch.rand(global_shape, generator=self._generator(1, self.draws, device=device), device=device)
             noise = noise[self.rank * self.local_batch_size : (self.rank + 1) * self.local_batch_size]
@@ -408,13 +475,13 @@ class BatchStream:
         self.draws = int(state["draws"])
 
 
-def iterate_batches(dataset: ImageDataset, batch_size: int, noise_seed: int = 0):
+def iterate_batches(dataset: ImageDataset | SequenceDataset, batch_size: int, noise_seed: int = 0):
     """Every image once, in order, in batches: for evaluation (the last batch may be smaller)."""
-    generator = torch.Generator(device=dataset.images.device).manual_seed(noise_seed)
+    generator = torch.Generator(device=dataset.device).manual_seed(noise_seed)
     for start in range(0, len(dataset), batch_size):
-        indices = torch.arange(start, min(start + batch_size, len(dataset)), device=dataset.images.device)
+        indices = torch.arange(start, min(start + batch_size, len(dataset)), device=dataset.device)
         noise = None
         if dataset.value_range == "binary":
             shape = (len(indices), *dataset.shape)
-            noise = torch.rand(shape, generator=generator, device=dataset.images.device)
+            noise = torch.rand(shape, generator=generator, device=dataset.device)
         yield dataset.batch(indices, noise)

@@ -54,7 +54,7 @@ from genlab.core.checkpoint import (
     write_text_atomic,
 )
 from genlab.core.config import CONFIG_FILE, config_to_dict, option
-from genlab.core.data import Batch, BatchStream, ImageDataset
+from genlab.core.data import Batch, BatchStream, ImageDataset, SequenceDataset
 from genlab.core.errors import GenlabError
 from genlab.core.visualise import save_grid
 
@@ -518,7 +518,7 @@ class Trainer:
             late = self.accelerator.reduce(late, "sum")
         return bool(late > 0)
 
-    def _prepare(self, data: ImageDataset) -> None:
+    def _prepare(self, data: ImageDataset | SequenceDataset) -> None:
         """Check everything, then write: the batch stream, the resumed checkpoint, metrics.jsonl, config.json."""
         config = self.config
         self.stream = BatchStream(data.to(self.device), config.batch_size, config.seed, self.rank, self.world_size)
@@ -541,7 +541,7 @@ class Trainer:
 
     def fit(
         self,
-        data: ImageDataset,
+        data: ImageDataset | SequenceDataset,
         sample_fn: Callable[[Trainer], torch.Tensor] | None = None,
         eval_fn: Callable[[Trainer], dict[str, float]] | None = None,
     ) -> dict[str, float]:

@@ -1,0 +1,64 @@
+"""gpt-train end to end on a tiny text, the validation loss over the whole split, and AdamW's decay groups."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from genlab.core.data import SequenceDataset
+from genlab.transformer import train
+from genlab.transformer.model import GPT, GPTConfig
+
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8", "--batch-size", "16",
+        "--log-every", "10", "--eval-every", "50", "--checkpoint-every", "50", "--sample-chars", "40",
+        "--warmup-steps", "10", "--lr", "3e-3", "--no-progress", "--device", "cpu"]  # fmt: skip
+
+
+def test_gpt_train_learns_a_text_and_writes_its_validation_loss(tmp_path: Path) -> None:
+    text = tmp_path / "input.txt"
+    text.write_text("the cat sat on the mat. " * 200)  # 4,800 characters of one repeated sentence
+    run = tmp_path / "run"
+    train.main(["--text", str(text), *TINY, "--steps", "150", "--run-dir", str(run)])
+    results = json.loads((run / "results.json").read_text())
+    vocabulary = sorted(set(text.read_text()))
+    # Far below the uniform model's ln V: a repeated sentence is almost deterministic given 8 characters.
+    assert results["loss_nats"] < 0.3 * math.log(len(vocabulary))
+    assert results["bits_per_character"] == pytest.approx(results["loss_nats"] / math.log(2))
+    assert results["tokens"] == (480 - 1) // 8 * 8  # the validation split's 480 characters, each predicted once
+    samples = (run / "samples.txt").read_text()
+    assert len(samples) == 41 and set(samples) <= set(vocabulary)
+    assert json.loads((run / "config.json").read_text())["vocabulary"] == "".join(vocabulary)
+
+
+def test_the_validation_loss_covers_the_split_once_with_the_model_s_context() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=8)).eval()
+    tokens = torch.randint(5, (23,))
+    measured = train.validation_loss(model, SequenceDataset("t", "test", tokens, window=5), batch_size=2)
+    # Windows 0-4, 4-8, ..., 16-20: the 20 tokens 1..20 predicted, each from up to 4 tokens before it.
+    total = 0.0
+    for start in range(0, 17, 4):
+        window = tokens[start : start + 5]
+        logits, _ = model(window[None, :-1])
+        total += torch.nn.functional.cross_entropy(logits[0], window[1:], reduction="sum").item()
+    assert measured["tokens"] == 20 and measured["loss_nats"] == pytest.approx(total / 20, rel=1e-5)
+
+
+def test_weight_decay_reaches_the_matrices_only() -> None:
+    model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=2, n_head=1, n_embd=8))
+    optimizer = train.adamw_on_matrices(model, 1e-3, 0.1, (0.9, 0.99))
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+def test_gpt_train_mistakes_are_one_line(tmp_path: Path, user_error: Callable[..., str]) -> None:
+    assert "no text file" in user_error(train.main, ["--text", str(tmp_path / "absent.txt"), *TINY])
+    assert "multiple of --n-head" in user_error(train.main, [*TINY, "--n-embd", "15"])
+    assert "--dropout" in user_error(train.main, [*TINY, "--dropout", "1.5"])
