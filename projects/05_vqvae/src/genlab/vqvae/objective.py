@@ -57,13 +57,17 @@ def discretised_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, sigma: float, 
     Phi((x - delta - mu) / sigma).
     """
     delta = 1.0 / (levels - 1)
+    x, mean = x.double(), mean.double()  # the bins of far-off values hold masses float32 cannot tell apart
     upper = (x + delta - mean) / sigma
     lower = (x - delta - mean) / sigma
-    log_cdf_upper = torch.special.log_ndtr(upper)  # log Phi(upper)
-    log_survival_lower = torch.special.log_ndtr(-lower)  # log (1 - Phi(lower))
-    # log (Phi(upper) - Phi(lower)) = log Phi(upper) + log(1 - Phi(lower) / Phi(upper)), computed stably
-    log_ratio = torch.special.log_ndtr(lower) - log_cdf_upper
-    log_middle = log_cdf_upper + torch.log1p(-log_ratio.exp().clamp(max=1 - 1e-12))
+    log_cdf_upper = torch.special.log_ndtr(upper)  # log Phi(upper): the first bin, down to -inf
+    log_survival_lower = torch.special.log_ndtr(-lower)  # log (1 - Phi(lower)): the last bin, up to +inf
+    # An inner bin: Phi(a) - Phi(b) with (a, b) = (upper, lower), or, when the bin lies above the mean, its mirror
+    # (-lower, -upper), so that both terms are small tail masses; then log Phi(a) + log(1 - Phi(b) / Phi(a)).
+    above = lower > 0
+    a, b = torch.where(above, -lower, upper), torch.where(above, -upper, lower)
+    log_a = torch.special.log_ndtr(a)
+    log_middle = log_a + torch.log(-torch.expm1(torch.special.log_ndtr(b) - log_a))
     log_p = torch.where(
         x < -1 + delta / 2, log_cdf_upper, torch.where(x > 1 - delta / 2, log_survival_lower, log_middle)
     )
