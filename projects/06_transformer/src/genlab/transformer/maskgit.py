@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from genlab.transformer.model import GPT
+from genlab.transformer.sampler import draw
 
 
 def cosine_schedule(ratio: torch.Tensor | float) -> torch.Tensor | float:
@@ -110,9 +111,7 @@ def maskgit_decode(
         logits = model(inputs)[0][:, P:, :mask_id] / temperature  # (B, N, K)
         probabilities = logits.softmax(dim=-1)
         uniforms = torch.rand(probabilities.shape[:2], generator=generator).to(device)
-        cdf = probabilities.cumsum(-1)
-        sampled = torch.searchsorted(cdf, (uniforms * cdf[..., -1]).unsqueeze(-1).contiguous(), right=True)
-        sampled = sampled.squeeze(-1).clamp(max=mask_id - 1)  # (B, N)
+        sampled = draw(probabilities.flatten(0, 1), uniforms.flatten()).view(uniforms.shape)  # (B, N)
         sampled = torch.where(unknown, sampled, tokens)
         confidence = torch.gather(probabilities, -1, sampled.unsqueeze(-1)).squeeze(-1).log()
         noise_scale = choice_temperature * (1 - (t + 1) / steps)
