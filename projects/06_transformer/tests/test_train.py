@@ -62,3 +62,44 @@ def test_gpt_train_mistakes_are_one_line(tmp_path: Path, user_error: Callable[..
     assert "no text file" in user_error(train.main, ["--text", str(tmp_path / "absent.txt"), *TINY])
     assert "multiple of --n-head" in user_error(train.main, [*TINY, "--n-embd", "15"])
     assert "--dropout" in user_error(train.main, [*TINY, "--dropout", "1.5"])
+
+
+def test_gpt_sample_continues_a_prompt_and_refuses_what_a_text_run_cannot_do(
+    tmp_path: Path, user_error: Callable[..., str]
+) -> None:
+    from genlab.transformer import sample
+
+    text = tmp_path / "input.txt"
+    text.write_text("abcabcabc " * 100)
+    run = tmp_path / "run"
+    train.main(["--text", str(text), *TINY, "--steps", "60", "--run-dir", str(run)])
+    sample.main(["--run", str(run), "--prompt", "ab", "--chars", "30", "--top-k", "1", "--device", "cpu"])
+    written = (run / "samples" / "samples.txt").read_text()
+    assert len(written) == 32 and written.startswith("ab")
+    assert set(written) <= set("abc ")
+    assert "--npz" in user_error(sample.main, ["--run", str(run), "--npz", "4"])
+    assert "--prompt" in user_error(sample.main, ["--run", str(run), "--prompt", "xyz"])
+    assert "--top-p" in user_error(sample.main, ["--run", str(run), "--top-p", "0"])
+    assert "--top-run" in user_error(sample.main, ["--run", str(run), "--top-run", str(run)])
+
+
+def test_gpt_bench_times_both_networks_and_counts_palm_s_flops(tmp_path: Path) -> None:
+    from torch import nn
+
+    from genlab.transformer import bench
+
+    config = GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    matmul_weights = sum(m.weight.numel() for m in GPT(config).modules() if isinstance(m, nn.Linear))
+    assert bench.training_flops_per_token(config) == 6 * matmul_weights + 12 * 2 * 16 * 16
+    text = tmp_path / "input.txt"
+    text.write_text("to be or not to be " * 100)
+    out = tmp_path / "bench.json"
+    bench.main(["--text", str(text), "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+                "--steps", "4", "--warmup", "2", "--repeats", "1", "--device", "cpu", "--output", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    train_rates = result["train_tokens_per_second"]
+    assert result["ratio_ours_to_peer"] == pytest.approx(train_rates["ours"] / train_rates["GPT2LMHeadModel"])
+    assert all(rate > 0 for rate in [*train_rates.values(), *result["sample_tokens_per_second"].values()])
+    assert result["fraction_of_matmul_flops"] == pytest.approx(
+        train_rates["ours"] * result["training_flops_per_token"] / result["matmul_flops_per_second"]
+    )

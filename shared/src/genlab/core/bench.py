@@ -40,6 +40,7 @@ class BenchmarkSpec:
     value_range: str
     batch_size: int
     lr: float
+    build_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None  # default: Adam at lr
 
 
 @dataclass
@@ -121,13 +122,30 @@ def time_core_loop(spec: BenchmarkSpec, dataset, config: BenchConfig, device: to
         )  # fmt: skip
         trainer = Trainer(train_config, f"bench-{spec.project}")
         model = trainer.add_model("model", spec.build_model(), ema=False)
-        optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+        build = spec.build_optimizer or (lambda m: torch.optim.Adam(m.parameters(), lr=spec.lr))
+        optimizer = build(model)
         trainer.add_update("train", optimizer, lambda batch: spec.loss(model, batch.images), models=["model"])
         trainer.fit(dataset)
         records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     timed = [r["images_per_second"] for r in records if r["step"] > config.warmup]
     # Equal segments: overall throughput is the harmonic mean of the segments' throughputs.
     return len(timed) / sum(1.0 / rate for rate in timed)
+
+
+def matmul_flops_per_second(size: int = 2048, repeats: int = 10, device: torch.device | str = "cpu") -> float:
+    """This device's large-matmul FLOP/s in float32: the median over ``repeats`` of one (size x size) @ (size x size)
+    product, 2 size^3 FLOPs each: the ceiling that achieved FLOP/s is compared with."""
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    device = torch.device(device)
+    a @ b  # warm-up: threads and kernels
+    times = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
 
 
 @exit_on_user_error

@@ -22,7 +22,7 @@ from genlab.core.errors import GenlabError
 from genlab.core.harness import SampleConfig, console_script, open_run, require_at_least
 from genlab.vqvae.model import VQVAE
 from genlab.vqvae.tokens import token_info, write_token_info, write_token_split
-from genlab.vqvae.train import PROJECT, load_split
+from genlab.vqvae.train import PROJECT, evaluate_reconstructions, fit_sigma, load_split
 
 
 @dataclass
@@ -45,7 +45,7 @@ def encode(config: EncodeConfig) -> dict[str, Path]:
     run = open_run(config, VQVAE, "vqvae", PROJECT, default_out="tokens")
     model: VQVAE = run.model
     splits = ("train", "test") if config.splits == "both" else (config.splits,)
-    sizes = {}
+    sizes, reconstruction, num_classes = {}, None, 0
     for split in splits:
         data = load_split(run.train_config, split, config.data_dir).to(run.device)
         if data.shape != model.config.image_shape:
@@ -53,9 +53,14 @@ def encode(config: EncodeConfig) -> dict[str, Path]:
         grids = [model.encode(batch.images) for batch in iterate_batches(data, config.batch_size)]
         levels = [torch.cat(level) for level in zip(*grids, strict=True)]  # each (N, h, w)
         run.written[split] = write_token_split(run.out, split, levels, data.labels)
-        sizes[split] = len(data)
+        sizes[split], num_classes = len(data), data.num_classes
         print(f"{split}: {len(data)} images -> grids {[tuple(g.shape[1:]) for g in levels]}")
-    info = token_info(model, run.run_dir, run.checkpoint, run.train_config, sizes)
+        if split == "test":  # the decoder's term of the bound, sigma fitted on train images (as vqvae-train)
+            sigma = fit_sigma(model, load_split(run.train_config, "train", config.data_dir).to(run.device))
+            measured = evaluate_reconstructions(model, data, sigma)
+            reconstruction = {"sigma": sigma, "test_nll_given_codes_nats": measured["nll_given_codes_nats"],
+                              "num_dims": data.num_dims}  # fmt: skip
+    info = token_info(model, run.run_dir, run.checkpoint, run.train_config, sizes, num_classes, reconstruction)
     run.written["info"] = write_token_info(run.out, info)
     return run.finish()
 

@@ -2,8 +2,9 @@
 
 A token folder holds, per split, ``<split>.safetensors`` (``level0`` ... one (N, h, w) int64 grid per level,
 coarsest first, and ``labels`` when the data set has classes), and ``tokens.json``: the data set, the splits'
-sizes, each level's grid shape, K, and the autoencoder that made them: its run, checkpoint, model config and
-the sha256 of its weights. A second stage records that hash and refuses to decode with any other autoencoder.
+sizes, the number of classes, each level's grid shape, K, the decoder's term of the bits/dim bound on the test
+split (so that a prior's NLL completes the bound), and the autoencoder that made them: its run, checkpoint, model
+config and the sha256 of its weights. A second stage records that hash and refuses to decode with any other autoencoder.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from genlab.core.checkpoint import read_json, weights_sha256, write_text_atomic
+from genlab.core.checkpoint import load_pretrained, read_json, weights_sha256, write_text_atomic
 from genlab.core.errors import GenlabError
 from genlab.vqvae.model import VQVAE
+from genlab.vqvae.train import PROJECT
 
 INFO_FILE = "tokens.json"
 
@@ -47,15 +49,26 @@ def write_token_split(folder: Path, split: str, levels: list[torch.Tensor], labe
     return path
 
 
-def token_info(model: VQVAE, run: Path, checkpoint: Path, train_config: dict[str, Any], sizes: dict[str, int]) -> dict:
-    """tokens.json's content for tokens made by ``model``."""
+def token_info(
+    model: VQVAE,
+    run: Path,
+    checkpoint: Path,
+    train_config: dict[str, Any],
+    sizes: dict[str, int],
+    num_classes: int,
+    reconstruction: dict[str, float] | None = None,
+) -> dict:
+    """tokens.json's content for tokens made by ``model``; ``reconstruction`` holds the decoder's term of the
+    bits/dim bound on the test split (sigma, the mean -log p(x | z_q) in nats, the dims per image)."""
     config = model.config
     return {
         "dataset": train_config["dataset"],
         "image_size": train_config.get("image_size"),
         "splits": sizes,
+        "num_classes": num_classes,
         "token_shapes": [list(shape) for shape in config.token_shapes()],
         "num_codes": config.num_codes,
+        "reconstruction": reconstruction,
         "autoencoder": {
             "run": str(run),
             "checkpoint": str(checkpoint),
@@ -97,3 +110,14 @@ def check_autoencoder(model: VQVAE, expected_sha256: str, where: str) -> None:
             f"{where}: this autoencoder's weights (sha256 {actual[:12]}) are not the ones that made the tokens "
             f"({expected_sha256[:12]}); decode with the autoencoder named in the tokens' {INFO_FILE}"
         )
+
+
+def load_autoencoder(path: str | Path, expected_sha256: str, where: str) -> VQVAE:
+    """The VQ-VAE of run (or checkpoint) ``path`` whose weights made the tokens: its EMA weights or its plain ones,
+    whichever has sha256 ``expected_sha256``; any other autoencoder is refused in one line."""
+    model = load_pretrained(path, VQVAE, "vqvae", PROJECT, ema=True)
+    if weights_sha256(model) != expected_sha256:
+        plain = load_pretrained(path, VQVAE, "vqvae", PROJECT, ema=False)
+        model = plain if weights_sha256(plain) == expected_sha256 else model
+    check_autoencoder(model, expected_sha256, where)
+    return model.eval()

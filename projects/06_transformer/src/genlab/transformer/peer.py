@@ -27,6 +27,8 @@ def gpt2_with_our_weights(model: GPT) -> torch.nn.Module:
             attn_pdrop=config.dropout,
             activation_function="gelu_new",
             layer_norm_epsilon=1e-5,
+            bos_token_id=0,  # GPT-2's 50256 is outside a small vocabulary; nothing here uses either
+            eos_token_id=0,
         )
     )
     ours = model.state_dict()

@@ -58,11 +58,13 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     use_cache: bool = True,
+    num_choices: int = 0,
     uniforms: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """prompt (B, T0) -> (B, T0 + new_tokens). ``uniforms`` (B, new_tokens) fixes the draws (else from
-    ``generator``). Without the cache every step runs the whole sequence again; once the sequence fills the
+    ``generator``). ``num_choices`` > 0 draws only ids below it (a token prior's codes, never its
+    start or class tokens). Without the cache every step runs the whole sequence again; once the sequence fills the
     context, both run the window of its last ``block_size`` tokens, so they draw the same tokens throughout."""
     B = prompt.shape[0]
     if uniforms is None:
@@ -70,12 +72,13 @@ def generate(
     sequence, caches = prompt, None
     context = model.config.block_size
     for step in range(new_tokens):
-        if use_cache and sequence.shape[1] < context:
+        if use_cache and sequence.shape[1] <= context:
             # the first step runs the prompt and fills the cache; each later one runs only the newest token
             logits, caches = model(sequence if caches is None else sequence[:, -1:], caches)
         else:  # no cache, or the context is full: the whole window of the last `context` tokens again
             logits, _ = model(sequence[:, -context:])
-        probabilities = next_token_distribution(logits[:, -1], temperature, top_k, top_p)
+        last = logits[:, -1, :num_choices] if num_choices else logits[:, -1]  # (B, V)
+        probabilities = next_token_distribution(last, temperature, top_k, top_p)
         token = draw(probabilities, uniforms[:, step])
         sequence = torch.cat([sequence, token[:, None]], dim=1)
     return sequence
