@@ -94,8 +94,8 @@ def test_gpt_bench_times_both_networks_and_counts_palm_s_flops(tmp_path: Path) -
     text = tmp_path / "input.txt"
     text.write_text("to be or not to be " * 100)
     out = tmp_path / "bench.json"
-    bench.main(["--text", str(text), "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
-                "--steps", "4", "--warmup", "2", "--repeats", "1", "--device", "cpu", "--output", str(out)])  # fmt: skip
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--steps", "4", "--warmup", "2"]
+    bench.main(["--text", str(text), *tiny, "--repeats", "1", "--device", "cpu", "--output", str(out)])
     result = json.loads(out.read_text())
     train_rates = result["train_tokens_per_second"]
     assert result["ratio_ours_to_peer"] == pytest.approx(train_rates["ours"] / train_rates["GPT2LMHeadModel"])
