@@ -51,8 +51,8 @@ def test_vqvae_tokens_gpt_and_maskgit_priors_sample_decoded_images(tokens: Path,
         assert recon["test_nll_given_codes_nats"] == pytest.approx(trained["nll_given_codes_nats"], rel=1e-6)
         expected = (results["nats_per_grid"] + recon["test_nll_given_codes_nats"]) / (784 * math.log(2))
         assert results["bits_per_dim"] == pytest.approx(expected) and recon["num_dims"] == 784
-    else:
-        assert results["masked_token_loss_nats"] > 0
+    else:  # the tiny VQ-VAE uses few of its 16 codes: ten steps already put the loss below uniform guessing
+        assert 0 < results["masked_token_loss_nats"] < math.log(16)
     gpt_sample.main(["--run", str(run), "--npz", "12", "--count", "2", "--decode-steps", "4", "--device", "cpu"])
     samples = np.load(run / "samples" / "samples.npz")["samples"]
     assert samples.shape == (12, 1, 28, 28) and samples.dtype == np.uint8

@@ -48,6 +48,9 @@ def test_a_row_holds_what_the_run_measured(tmp_path: Path) -> None:
     assert row["parameters"] == 12345 and row["function_evaluations_per_sample"] == 784
     assert row["classifier"]["fid"] == 40.0 and row["inception"]["fid"] == 400.0
     assert row["classifier"]["floor"]["fid"] == 2.0 and row["classifier"]["num_samples"] == 10_000
+    # a second stage's run knows only its own time limit: the row can carry both stages' minutes
+    two_stage = collect_row(tmp_path / "a", "A + prior", "row.sh a", "cpu", budget_minutes=37.0)
+    assert two_stage["budget_minutes"] == 37.0
 
 
 def test_the_table_puts_the_floor_first_then_the_best_model(tmp_path: Path) -> None:

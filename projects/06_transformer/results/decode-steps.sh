@@ -5,7 +5,8 @@
 #
 #   projects/06_transformer/results/decode-steps.sh GPT_RUN MASKGIT_RUN [COUNT] [INCEPTION]
 #
-# Writes <MASKGIT_RUN>/decode-steps/{gpt,steps-N}/ and prints the table as markdown.
+# Writes <GPT_RUN>/samples/ (where genlab-table looks for a cross-paper row) and <MASKGIT_RUN>/decode-steps/steps-N/,
+# and prints the table as markdown.
 set -euo pipefail
 gpt=$1 maskgit=$2 count=${3:-10000} inception=${4:-0}
 out=$maskgit/decode-steps
@@ -16,20 +17,20 @@ score() {  # FOLDER
     uv run genlab-eval --samples "$1/samples.npz" --dataset "$dataset" --features inception --num-samples "$inception"
   fi
 }
-uv run gpt-sample --run "$gpt" --npz "$count" --out "$out/gpt"
-score "$out/gpt"
+uv run gpt-sample --run "$gpt" --npz "$count"
+score "$gpt/samples"
 for steps in 1 2 4 8 16; do
   uv run gpt-sample --run "$maskgit" --decode-steps "$steps" --npz "$count" --out "$out/steps-$steps"
   score "$out/steps-$steps"
 done
-python3 - "$out" "$count" "$inception" <<'PY'
+python3 - "$gpt" "$out" "$count" "$inception" <<'PY'
 import json, sys
 from pathlib import Path
-out, count, inception = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+gpt, out, count, inception = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 print("| prior | network passes per image | FID (classifier) | KID (classifier) | FID (Inception) | ms per image |")
 print("|---|---|---|---|---|---|")
 for name in ["gpt", *(f"steps-{s}" for s in (1, 2, 4, 8, 16))]:
-    folder = out / name
+    folder = gpt / "samples" if name == "gpt" else out / name
     info = json.loads((folder / "samples.json").read_text())
     scores = json.loads((folder / f"eval-classifier-train-{count}.json").read_text())["scores"]
     fid_inception = "—"

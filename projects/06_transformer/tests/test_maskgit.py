@@ -44,6 +44,10 @@ def test_training_masks_ceil_gamma_r_n_tokens_with_r_uniform() -> None:
     assert torch.equal(inputs == 10, mask) and torch.equal(inputs[~mask], tokens[~mask])
     # E[gamma(r)] for r ~ U(0, 1) is 2 / pi; the ceiling adds about half a token per sequence.
     assert mask.float().mean().item() == pytest.approx(2 / math.pi + 0.5 / N, abs=0.01)
+    # And row by row: ceil(cos(pi r / 2) N) positions for the ratio r the seeded generator draws first.
+    ratios = torch.rand(B, generator=torch.Generator().manual_seed(0)).double()
+    expected = torch.ceil(torch.cos(math.pi / 2 * ratios) * N).clamp(1, N).long()
+    assert torch.equal(mask.sum(dim=1), expected)
 
 
 def test_the_loss_is_the_cross_entropy_on_the_masked_positions_only() -> None:

@@ -37,8 +37,13 @@ def test_the_layout_puts_codes_start_classes_and_upper_codes_in_their_own_id_ran
     assert plain.prefix(2, None, None, torch.device("cpu")).tolist() == [[5], [5]]  # [START]
     masked = TokenLayout(num_codes=5, grid_shape=(2, 3), maskgit=True)
     assert masked.prefix(2, None, None, torch.device("cpu")) is None and masked.block_size == 6
-    with pytest.raises(ValueError, match="needs labels"):
-        layout.prefix(2, None, torch.zeros(2, 2, dtype=torch.long), torch.device("cpu"))
+    cpu, upper = torch.device("cpu"), torch.zeros(2, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="labels"):
+        layout.prefix(2, None, upper, cpu)
+    with pytest.raises(ValueError, match="labels"):  # class 3 of 3 would silently read as an upper code
+        layout.prefix(2, torch.tensor([0, 3]), upper, cpu)
+    with pytest.raises(ValueError, match="upper level"):  # one code short: every later position would shift
+        layout.prefix(2, torch.tensor([0, 1]), upper[:, :1], cpu)
 
 
 @pytest.mark.parametrize("num_classes", [0, 2])

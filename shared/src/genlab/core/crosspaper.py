@@ -37,6 +37,8 @@ class TableConfig:
     name: str = option("", "with --add: the model's name in the table")
     command: str = option("", "with --add: the command that produced the run, its samples and its scores")
     machine: str = option("", "with --add: the hardware it ran on, in words")
+    budget_minutes: float = option(0.0, "with --add: the training minutes in all (default: the run's --time-limit), "
+                                   "e.g. both stages of a two-stage model")
     rows: str = option(str(ROWS), "folder of the committed rows")
     readme: str = option("README.md", "the README whose table (between the markers) is rewritten")
     check: bool = option(False, "only check that the README's table is up to date (exit 2 if not)")
@@ -54,8 +56,9 @@ def _report(samples: Path, features: str) -> dict[str, Any]:
     return read_json(path, f"the {features} report")
 
 
-def collect_row(run: Path, name: str, command: str, machine: str) -> dict[str, Any]:
-    """One row of the table from a finished run folder and its scored samples."""
+def collect_row(run: Path, name: str, command: str, machine: str, budget_minutes: float = 0.0) -> dict[str, Any]:
+    """One row of the table from a finished run folder and its scored samples; ``budget_minutes`` replaces the
+    run's own time limit (a second stage's run knows only its own)."""
     info = read_run_info(run)
     config, samples = info["config"], run / "samples"
     made = read_json(samples / "samples.json", "write it with the project's sample script --npz")
@@ -78,7 +81,7 @@ def collect_row(run: Path, name: str, command: str, machine: str) -> dict[str, A
         "name": name,
         "project": info["project"],
         "dataset": config["dataset"],
-        "budget_minutes": config.get("time_limit") or None,
+        "budget_minutes": budget_minutes or config.get("time_limit") or None,
         "steps": steps,
         "parameters": made["parameters"],
         "bits_per_dim": results.get("bits_per_dim"),
@@ -142,7 +145,7 @@ def with_table(readme: str, table: str) -> str:
 
 def main_table(config: TableConfig) -> None:
     if config.add:
-        row = collect_row(Path(config.add), config.name, config.command, config.machine)
+        row = collect_row(Path(config.add), config.name, config.command, config.machine, config.budget_minutes)
         path = Path(config.rows) / row["dataset"] / f"{config.name.lower().replace(' ', '-')}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(row, indent=1) + "\n")

@@ -86,15 +86,24 @@ class TokenLayout:
         """labels (B,) and the upper level's codes (B, N_top) -> the prefix (B, P) of token ids, or None if P = 0."""
         parts = []
         if self.num_classes:
-            if labels is None:
-                raise ValueError("this prior is class-conditional: it needs labels")
-            parts.append(self.num_codes + 1 + labels[:, None])
+            if (
+                labels is None
+                or labels.shape != (batch_size,)
+                or not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes
+            ):
+                raise ValueError(f"this prior is class-conditional: it needs {batch_size} labels < {self.num_classes}")
+            parts.append(self.num_codes + 1 + labels.to(device)[:, None])
         elif not self.maskgit:
             parts.append(torch.full((batch_size, 1), self.special_id, dtype=torch.long, device=device))
         if self.condition_codes:
-            if condition is None:
-                raise ValueError("this prior is conditioned on the upper level's codes: it needs them")
-            parts.append(self.num_codes + 1 + self.num_classes + condition)
+            shape = (batch_size, self.num_condition_tokens)
+            if (
+                condition is None
+                or condition.shape != shape
+                or not 0 <= int(condition.min()) <= int(condition.max()) < self.condition_codes
+            ):
+                raise ValueError(f"this prior reads the upper level's {shape} codes, each < {self.condition_codes}")
+            parts.append(self.num_codes + 1 + self.num_classes + condition.to(device))
         return torch.cat(parts, dim=1) if parts else None
 
 

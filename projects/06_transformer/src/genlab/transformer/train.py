@@ -48,12 +48,12 @@ class GPTTrainConfig(TrainConfig):
     prior: Literal["gpt", "maskgit"] = option("gpt", "on tokens: a GPT (one code at a time) or MaskGIT (masked)")
     level: int = option(0, "on tokens: the level to model: 0 the top (or only) one, 1 VQ-VAE-2's bottom given the top")
     class_token: bool = option(False, "on tokens: condition on the class through a class token before the codes")
-    steps: int = option(2_000, "optimizer steps to train for (the total, also when resuming)")
-    batch_size: int = option(12, "sequences per step, summed over processes")
+    steps: int = option(1_800, "optimizer steps (the total, also when resuming); about 20 CPU minutes by default")
+    batch_size: int = option(32, "sequences per step, summed over processes")
     lr: float = option(1e-3, "AdamW's peak learning rate")
     warmup_steps: int = option(100, "linear learning-rate warm-up steps")
     lr_schedule: Literal["constant", "cosine", "linear"] = option("cosine", "learning-rate shape after warm-up")
-    min_lr_ratio: float = option(0.1, "the schedule ends at this fraction of the peak learning rate")
+    min_lr_ratio: float = option(0.1, "the schedule's floor: it starts and ends at this fraction of the peak")
     weight_decay: float = option(0.1, "AdamW's decoupled weight decay, on the weight matrices only")
     beta2: float = option(0.99, "AdamW's beta2")
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0: off)")
@@ -61,10 +61,10 @@ class GPTTrainConfig(TrainConfig):
     eval_every: int = option(500, "validation loss over the whole validation split every N steps")
     sample_every: int = option(0, "unused: text samples are written at the end (samples.txt)")
     checkpoint_every: int = option(1_000, "checkpoint every N steps (and always at the end and on SIGINT/SIGTERM)")
-    n_layer: int = option(4, "transformer blocks")
-    n_head: int = option(4, "attention heads per block")
-    n_embd: int = option(128, "width of the residual stream")
-    block_size: int = option(64, "context length in characters (a token prior's is its sequence's length)")
+    n_layer: int = option(6, "transformer blocks")
+    n_head: int = option(6, "attention heads per block")
+    n_embd: int = option(192, "width of the residual stream")
+    block_size: int = option(128, "context length in characters (a token prior's is its sequence's length)")
     dropout: float = option(0.0, "dropout on embeddings, attention and residual branches")
     sample_chars: int = option(1_000, "characters of text to sample at the end")
 
@@ -105,8 +105,9 @@ def next_token_loss(model: GPT, sequences: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def validation_loss(model: GPT, data: SequenceDataset, batch_size: int = 64) -> dict[str, float]:
-    """Mean next-token loss over the whole split, in nats and bits per token: the stream cut into consecutive
-    windows of block_size + 1 tokens, each of whose last block_size tokens is predicted from those before it."""
+    """Mean next-token loss over the split, in nats and bits per token: the stream cut into consecutive windows of
+    block_size + 1 tokens, each of whose last block_size tokens is predicted from those before it (the fewer than
+    block_size tokens after the last whole window are not predicted)."""
     model.eval()
     T = model.config.block_size
     starts = torch.arange(0, len(data.tokens) - T, T, device=data.device)  # every token predicted once
@@ -212,7 +213,8 @@ def train_tokens(config: GPTTrainConfig) -> dict[str, float]:
 
 
 def add_gpt_update(trainer: Trainer, config: GPTTrainConfig, loss: Callable[[Batch], tuple]) -> None:
-    """AdamW on the matrices, warm-up, and decay to ``min_lr_ratio`` of the peak."""
+    """AdamW on the matrices; the learning rate is floor + (1 - floor) * (warm-up, then cosine), floor =
+    ``min_lr_ratio`` of the peak, so the warm-up rises from that floor (not from zero, as nanoGPT's does)."""
     optimizer = adamw_on_matrices(trainer.unwrap("gpt"), config.lr, config.weight_decay, (0.9, config.beta2))
     base = learning_rate_lambda(config)
     floor = config.min_lr_ratio
