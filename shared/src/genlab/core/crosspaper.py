@@ -37,8 +37,11 @@ class TableConfig:
     name: str = option("", "with --add: the model's name in the table")
     command: str = option("", "with --add: the command that produced the run, its samples and its scores")
     machine: str = option("", "with --add: the hardware it ran on, in words")
-    budget_minutes: float = option(0.0, "with --add: the training minutes in all (default: the run's --time-limit), "
-                                   "e.g. both stages of a two-stage model")
+    budget_minutes: float = option(
+        0.0,
+        "with --add: the training minutes in all (default: the run's --time-limit), "
+        "e.g. both stages of a two-stage model",
+    )
     rows: str = option(str(ROWS), "folder of the committed rows")
     readme: str = option("README.md", "the README whose table (between the markers) is rewritten")
     check: bool = option(False, "only check that the README's table is up to date (exit 2 if not)")
