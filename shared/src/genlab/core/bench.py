@@ -72,7 +72,8 @@ def _pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timer reads the work, not its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -90,7 +91,7 @@ def time_plain_loop(spec: BenchmarkSpec, images: torch.Tensor, config: BenchConf
     while done < total:
         for (batch,) in loader:
             if done == config.warmup:
-                _synchronize(device)
+                synchronize(device)
                 start = time.perf_counter()
             batch = batch.to(device)
             noise = torch.rand(batch.shape, device=device) if spec.value_range == "binary" else None
@@ -101,7 +102,7 @@ def time_plain_loop(spec: BenchmarkSpec, images: torch.Tensor, config: BenchConf
             done += 1
             if done == total:
                 break
-    _synchronize(device)
+    synchronize(device)
     return config.steps * spec.batch_size / (time.perf_counter() - start)
 
 
@@ -140,10 +141,10 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10, device: torch.d
     a @ b  # warm-up: threads and kernels
     times = []
     for _ in range(repeats):
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         a @ b
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * size**3 / statistics.median(times)
 

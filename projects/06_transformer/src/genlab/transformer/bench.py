@@ -23,7 +23,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from genlab.core.bench import BenchConfig, BenchmarkSpec, matmul_flops_per_second, time_core_loop
+from genlab.core.bench import BenchConfig, BenchmarkSpec, matmul_flops_per_second, synchronize, time_core_loop
+from genlab.core.checkpoint import resolve_device
 from genlab.core.config import option
 from genlab.core.data import SequenceDataset, data_root, load_text
 from genlab.core.errors import GenlabError
@@ -78,7 +79,7 @@ def time_plain_training(
     model.train()
     for step in range(config.warmup + config.steps):
         if step == config.warmup:
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
         starts = torch.randint(len(data), (config.batch_size,), generator=generator, device=data.device)
         batch = data.batch(starts).images  # (B, T + 1)
@@ -87,13 +88,8 @@ def time_plain_training(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    _synchronize(device)
+    synchronize(device)
     return config.steps * config.batch_size * config.block_size / (time.perf_counter() - start)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_sampling(model: GPT, config: GPTBenchConfig, device: torch.device, use_cache: bool) -> float:
@@ -104,17 +100,15 @@ def time_sampling(model: GPT, config: GPTBenchConfig, device: torch.device, use_
     generate(model, prompt, 4, use_cache=use_cache)  # warm-up
     times = []
     for _ in range(config.repeats):
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         generate(model, prompt, new, use_cache=use_cache, generator=torch.Generator().manual_seed(config.seed))
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return config.sample_batch * new / statistics.median(times)
 
 
 def benchmark(config: GPTBenchConfig) -> dict:
-    from genlab.core.checkpoint import resolve_device
-
     device = resolve_device(config.device)
     path = Path(config.text) if config.text else data_root(config.data_dir or None) / "shakespeare" / "input.txt"
     data = load_text(path, "train", config.block_size + 1).to(device)
