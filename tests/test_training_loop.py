@@ -873,3 +873,19 @@ def test_progress_shows_every_rule_and_counts_every_batch_drawn(
     assert all(float(shown["img/s"]) == config.batch_size for shown in RecordingBar.shown)
     rates = [line["images_per_second"] for line in metric_lines(tmp_path / "run") if "images_per_second" in line]
     assert rates == [config.batch_size, config.batch_size]
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_after_one_step_uses_the_warmed_up_decay(tmp_path: Path, warmup: bool) -> None:
+    """After the first optimizer step the EMA is d * initial + (1 - d) * trained weights, with d = --ema-decay, or
+    with --ema-warmup min(decay, (1 + 0) / (10 + 0)) = 0.1: the warm-up lets the average leave the initialisation."""
+    config = deterministic_config(tmp_path / "run", steps=1, ema_decay=0.9, ema_warmup=warmup)
+    trainer = build_deterministic(config)
+    initial = {k: v.detach().clone() for k, v in trainer.unwrap("ae").state_dict().items()}
+    trainer.fit(synthetic("unit"))
+    decay = 0.1 if warmup else 0.9
+    assert trainer.ema_decay_at(0) == decay
+    trained = trainer.unwrap("ae").state_dict()
+    for name, ema_value in trainer.ema_models["ae"].state_dict().items():
+        torch.testing.assert_close(ema_value, decay * initial[name] + (1 - decay) * trained[name])
+    assert trainer.ema_decay_at(10_000) == 0.9  # the ramp ends at --ema-decay

@@ -129,9 +129,10 @@ class OpenedRun:
         self.written[Path(name).stem] = save_grid(images, self.out / name, nrow=nrow)
         return self.written[Path(name).stem]
 
-    def write_json(self, name: str, values: dict[str, Any]) -> Path:
-        self.written[Path(name).stem] = write_results(self.out, values, name)
-        return self.written[Path(name).stem]
+    def write_json(self, name: str, values: dict[str, Any], key: str = "") -> Path:
+        """``values`` as ``out/name``, listed by ``finish`` under ``key`` (default: the file's stem)."""
+        self.written[key or Path(name).stem] = write_results(self.out, values, name)
+        return self.written[key or Path(name).stem]
 
     def write_samples_npz(
         self, draw: Callable[[int, int], torch.Tensor], count: int, function_evaluations: int
@@ -155,7 +156,7 @@ class OpenedRun:
             "checkpoint": str(self.checkpoint),
             "ema": self.config.ema,
             "seed": self.config.seed,
-        })  # fmt: skip
+        }, key="samples_info")  # fmt: skip
         return self.written["npz"]
 
     def finish(self) -> dict[str, Path]:

@@ -81,6 +81,11 @@ class TrainConfig:
     grad_accum: int = option(1, "micro-steps of gradient accumulation per optimizer step")
     grad_clip: float = option(0.0, "clip the global gradient norm to this (0: off)")
     ema_decay: float = option(0.0, "decay of the EMA of weights (0: no EMA)")
+    ema_warmup: bool = option(
+        False,
+        "ramp the EMA decay up as min(decay, (1 + step) / (10 + step)), so early "
+        "averages forget the random initialisation (diffusion training)",
+    )
     warmup_steps: int = option(0, "linear learning-rate warm-up steps")
     lr_schedule: Literal["constant", "cosine", "linear"] = option("constant", "learning-rate shape after warm-up")
     compile: bool = option(False, "torch.compile the models")
@@ -390,8 +395,15 @@ class Trainer:
         elif self.device.type == "mps":
             torch.mps.manual_seed(seed)
 
-    def _update_ema(self) -> None:
+    def ema_decay_at(self, step: int) -> float:
+        """The EMA decay used after optimizer step ``step`` (0-based): --ema-decay, or with --ema-warmup the
+        warm-up min(decay, (1 + step) / (10 + step)) of TensorFlow's ExponentialMovingAverage(num_updates), under
+        which the first averages follow the weights closely instead of the random initialisation."""
         decay = self.config.ema_decay
+        return min(decay, (1 + step) / (10 + step)) if self.config.ema_warmup else decay
+
+    def _update_ema(self) -> None:
+        decay = self.ema_decay_at(self.step)
         for name, ema in self.ema_models.items():
             model = self.unwrap(name)
             with torch.no_grad():

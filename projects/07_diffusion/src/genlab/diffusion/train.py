@@ -1,0 +1,255 @@
+"""diffusion-train: train a DDPM U-Net (or the noise-conditional classifier of classifier guidance) on images.
+
+uv run diffusion-train                                        # DDPM on MNIST, CPU-sized (about 20 minutes)
+uv run diffusion-train --class-conditional                    # labels in, 10% dropped: classifier-free guidance
+uv run diffusion-train --model classifier                     # p(y | x_t, t) for classifier guidance
+uv run diffusion-train --schedule cosine --learned-variance   # Improved DDPM: cosine schedule, hybrid loss
+uv run diffusion-train --weighting sigmoid                    # Kingma & Gao's weighted loss
+uv run diffusion-train --preset paper --dataset cifar10       # DDPM's CIFAR-10 setting (a GPU)
+
+At the end a U-Net run writes results.json with its test loss at fixed timesteps, and a grid of DDIM samples; the
+sample-quality and likelihood numbers come from diffusion-sample (samples.npz for genlab-eval, --likelihood).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from genlab.core.config import option
+from genlab.core.data import ImageDataset, iterate_batches, load_dataset
+from genlab.core.errors import GenlabError
+from genlab.core.harness import console_script, require_at_least, write_results
+from genlab.core.trainer import TrainConfig, Trainer
+from genlab.core.visualise import to_unit
+from genlab.diffusion.model import SIZES, ClassifierConfig, NoisyClassifier, UNet, unet_config
+from genlab.diffusion.objective import diffusion_loss, drop_labels
+from genlab.diffusion.prediction import Denoiser
+from genlab.diffusion.samplers import DDIMSampler
+from genlab.diffusion.schedules import NoiseSchedule, make_schedule
+
+PROJECT = "diffusion"
+VALUE_RANGE = "signed"  # 8-bit images as k / 127.5 - 1, DDPM's scaling to [-1, 1]
+EVAL_TIMESTEPS = (10, 100, 250, 500, 750, 990)  # fixed timesteps at which the test loss is reported
+
+
+@dataclass
+class DiffusionTrainConfig(TrainConfig):
+    """Train a diffusion model (Ho et al. 2020) or a noise-conditional classifier (Dhariwal & Nichol 2021)."""
+
+    model: Literal["unet", "classifier"] = option("unet", "the denoising U-Net, or a classifier of x_t for guidance")
+    size: str = option("mnist-small", f"named U-Net size ({', '.join(SIZES)})")
+    base_channels: int | None = option(None, "override the size's base width")
+    dropout: float | None = option(None, "override the size's dropout")
+    schedule: Literal["linear", "cosine", "sigmoid"] = option("linear", "noise schedule (schedules.py)")
+    timesteps: int = option(1000, "T, the number of diffusion steps")
+    prediction: Literal["eps", "x0", "v"] = option("eps", "what the network predicts")
+    weighting: Literal["simple", "elbo", "sigmoid"] = option("simple", "loss weighting over log-SNR (objective.py)")
+    sigmoid_bias: float = option(2.0, "b of the sigmoid weighting w(lambda) = sigmoid(b - lambda)")
+    learned_variance: bool = option(False, "also learn the reverse variance (Improved DDPM's hybrid loss)")
+    vlb_weight: float = option(0.001, "lambda of the hybrid loss L_simple + lambda L_vlb")
+    class_conditional: bool = option(
+        True,
+        "condition on the class label, dropped 10% of the time: one network is "
+        "then both the conditional and the unconditional model (classifier-free "
+        "guidance); false: DDPM's unconditional model",
+    )
+    label_dropout: float = option(0.1, "p_uncond: probability a label is replaced by the null label in training")
+    steps: int = option(1_400, "optimizer steps (about 20 minutes of a 2-core CPU at the defaults)")
+    batch_size: int = option(64, "global batch (DDPM: 128)")
+    lr: float = option(1e-3, "Adam's learning rate (DDPM: 2e-4, for a 30x larger network and 800k steps)")
+    warmup_steps: int = option(100, "linear warm-up (DDPM: 5000)")
+    grad_clip: float = option(1.0, "clip the gradient norm (DDPM: 1)")
+    ema_decay: float = option(
+        0.995, "EMA decay of the weights sampled from (DDPM: 0.9999; a 1,400-step run needs a shorter memory)"
+    )
+    ema_warmup: bool = option(True, "ramp the EMA decay up from 0 (min(decay, (1 + step) / (10 + step)))")
+    sample_every: int = option(500, "write a grid of DDIM samples every N steps")
+    eval_every: int = option(500, "test loss at fixed timesteps every N steps")
+    sample_steps: int = option(50, "DDIM steps of the grids written during training")
+    eval_images: int = option(500, "test images for the periodic loss")
+
+    resumable = (*TrainConfig.resumable, "sample_steps", "eval_images")
+
+    def validate(self) -> None:
+        super().validate()
+        require_at_least(self, ("timesteps", "sample_steps", "eval_images"))
+        require_at_least(self, ("label_dropout", "vlb_weight"), at_least=0)
+        if self.model == "unet" and self.size not in SIZES:
+            raise GenlabError(f"unknown --size {self.size!r}; known: {', '.join(SIZES)}")
+        if self.label_dropout >= 1:
+            raise GenlabError(f"--label-dropout must be below 1, got {self.label_dropout}")
+        if self.sample_steps > self.timesteps:
+            raise GenlabError(f"--sample-steps {self.sample_steps} exceeds --timesteps {self.timesteps}")
+        if self.model == "classifier" and self.learned_variance:
+            raise GenlabError("--model classifier takes no --learned-variance")
+
+
+# DDPM's CIFAR-10 setting (Sec. 4 and App. B): batch 128, Adam 2e-4 with 5000 warm-up steps, EMA 0.9999, gradient
+# clipping at 1, dropout 0.1, 800k steps, the 35.7M-parameter U-Net.
+PRESETS = {"paper": {"size": "cifar-ddpm", "class_conditional": False, "batch_size": 128, "lr": 2e-4,
+                     "warmup_steps": 5_000, "ema_decay": 0.9999, "ema_warmup": False, "grad_clip": 1.0,
+                     "steps": 800_000, "checkpoint_every": 10_000, "sample_every": 10_000, "eval_every": 10_000,
+                     "log_every": 500}}  # fmt: skip
+
+
+def load_split(config: dict[str, Any] | DiffusionTrainConfig, split: str, data_dir: str = "") -> ImageDataset:
+    get = config.get if isinstance(config, dict) else config.__getattribute__
+    return load_dataset(get("dataset"), split, data_dir=data_dir or get("data_dir") or None,
+                        value_range=VALUE_RANGE, image_size=get("image_size"))  # fmt: skip
+
+
+def schedule_of(config: dict[str, Any] | DiffusionTrainConfig) -> NoiseSchedule:
+    """The run's noise schedule, rebuilt from its config (it has no weights: name and T say everything)."""
+    get = config.get if isinstance(config, dict) else config.__getattribute__
+    return make_schedule(get("schedule"), get("timesteps"))
+
+
+def build_network(config: DiffusionTrainConfig, data: ImageDataset) -> tuple[torch.nn.Module, dict[str, Any]]:
+    C, H, W = data.shape
+    if H != W:
+        raise GenlabError(f"the U-Net takes square images, {config.dataset} is {H}x{W}")
+    conditional = config.class_conditional or config.model == "classifier"  # a classifier always needs labels
+    if conditional and data.labels is None:
+        raise GenlabError(f"{config.dataset} has no labels to condition on")
+    overrides = {k: getattr(config, k) for k in ("base_channels", "dropout") if getattr(config, k) is not None}
+    try:
+        if config.model == "classifier":
+            architecture = ClassifierConfig(image_channels=C, image_size=H, num_classes=data.num_classes,
+                                            **overrides)  # fmt: skip
+            return NoisyClassifier(architecture), {"classifier": architecture}
+        architecture = unet_config(
+            config.size, image_channels=C, image_size=H, learned_variance=config.learned_variance,
+            num_classes=data.num_classes if config.class_conditional else 0, **overrides,
+        )  # fmt: skip
+    except ValueError as error:
+        raise GenlabError(f"--size {config.size} on {config.dataset}: {error}") from None
+    return UNet(architecture), {"model": architecture}
+
+
+@torch.no_grad()
+def test_losses(network: torch.nn.Module, schedule: NoiseSchedule, config: DiffusionTrainConfig,
+                data: ImageDataset) -> dict[str, float]:  # fmt: skip
+    """L_simple's mean squared error (of the run's prediction target) on the first ``eval_images`` test images at
+    each of EVAL_TIMESTEPS, whatever the training weighting, with the same noise at every call."""
+    network.eval()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(1234)
+    totals = dict.fromkeys(EVAL_TIMESTEPS, 0.0)
+    count = 0
+    for batch in iterate_batches(data, 250):
+        x0 = batch.images[: config.eval_images - count]
+        labels = batch.labels[: len(x0)] if config.class_conditional else None
+        for step in EVAL_TIMESTEPS:
+            t = torch.full((len(x0),), min(step, config.timesteps - 1), device=x0.device)
+            _, logged = diffusion_loss(network, schedule, x0, labels, config.prediction, "simple",
+                                       config.learned_variance, t=t)  # fmt: skip
+            totals[step] += float(logged["mse"]) * len(x0)
+        count += len(x0)
+        if count >= config.eval_images:
+            break
+    torch.random.set_rng_state(generator_state)
+    return {f"mse_t{step}": total / count for step, total in totals.items()}
+
+
+def grid_labels(count: int, num_classes: int, device: torch.device) -> torch.Tensor | None:
+    """Labels 0, 1, ... along each row of a grid (None for an unconditional model)."""
+    return torch.arange(count, device=device) % num_classes if num_classes else None
+
+
+def train(config: DiffusionTrainConfig) -> dict[str, float]:
+    """Train as ``config`` says; returns the last logged values and the final test measurements."""
+    train_data, test_data = load_split(config, "train"), load_split(config, "test")
+    schedule = schedule_of(config)
+    network, extra = build_network(config, train_data)
+    trainer = Trainer(config, PROJECT, extra)
+    name = "classifier" if config.model == "classifier" else "unet"
+    network = trainer.add_model(name, network)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
+
+    if config.model == "classifier":
+
+        def classifier_loss(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            t = torch.randint(0, config.timesteps, (len(batch.images),), device=batch.images.device)
+            x_t = schedule.q_sample(batch.images, t, torch.randn_like(batch.images))
+            logits = network(x_t, t.float())
+            loss = F.cross_entropy(logits, batch.labels)
+            return loss, {"accuracy": (logits.argmax(1) == batch.labels).float().mean().detach()}
+
+        trainer.add_update("train", optimizer, classifier_loss, [name])
+
+        def classifier_eval(trainer: Trainer) -> dict[str, float]:
+            return classifier_accuracy(trainer.eval_model(name), schedule, test_data.to(trainer.device))
+
+        results = trainer.fit(train_data, eval_fn=classifier_eval)
+        if trainer.accelerator.is_main_process:
+            final = {**classifier_accuracy(trainer.eval_model(name), schedule, test_data.to(trainer.device)),
+                     "step": trainer.step}  # fmt: skip
+            write_results(trainer.run_dir, final)
+            print("test accuracy by timestep: " + ", ".join(f"{k} {v:.3f}" for k, v in final.items() if k != "step"))
+            results.update({f"final/{k}": v for k, v in final.items()})
+        print(f"run folder: {trainer.run_dir}")
+        return results
+
+    null_label = train_data.num_classes if config.class_conditional else 0
+
+    def loss_fn(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labels = drop_labels(batch.labels, config.label_dropout, null_label) if config.class_conditional else None
+        return diffusion_loss(network, schedule, batch.images, labels, config.prediction, config.weighting,
+                              config.learned_variance, config.vlb_weight, config.sigmoid_bias)  # fmt: skip
+
+    trainer.add_update("train", optimizer, loss_fn, [name])
+    classes = train_data.num_classes if config.class_conditional else 0
+    fixed_noise = torch.randn((64, *train_data.shape), generator=torch.Generator().manual_seed(0))
+
+    def sample_fn(trainer: Trainer) -> torch.Tensor:
+        model = trainer.eval_model(name)
+        denoiser = Denoiser(model, schedule, config.prediction, config.learned_variance, clip_x0=True)
+        x_T = fixed_noise.to(trainer.device)
+        samples = DDIMSampler(schedule, config.sample_steps).sample(denoiser, x_T, grid_labels(64, classes, x_T.device))
+        return to_unit(samples.clamp(-1, 1), VALUE_RANGE)
+
+    def eval_fn(trainer: Trainer) -> dict[str, float]:
+        losses = test_losses(trainer.eval_model(name), schedule, config, test_data.to(trainer.device))
+        return {f"test_{k}": v for k, v in losses.items()}
+
+    results = trainer.fit(train_data, sample_fn=sample_fn, eval_fn=eval_fn)
+    if trainer.accelerator.is_main_process:
+        final = {**test_losses(trainer.eval_model(name), schedule, config, test_data.to(trainer.device)),
+                 "step": trainer.step, "parameters": sum(p.numel() for p in network.parameters())}  # fmt: skip
+        write_results(trainer.run_dir, final)
+        print("test MSE by timestep: " + ", ".join(f"t={k[5:]} {v:.4f}" for k, v in final.items() if k[:5] == "mse_t"))
+        results.update({f"final/{k}": v for k, v in final.items()})
+    print(f"run folder: {trainer.run_dir}")
+    return results
+
+
+@torch.no_grad()
+def classifier_accuracy(classifier: torch.nn.Module, schedule: NoiseSchedule, data: ImageDataset,
+                        max_images: int = 2_000) -> dict[str, float]:  # fmt: skip
+    """Test accuracy of p(y | x_t, t) at fixed timesteps (noisier x_t: closer to chance)."""
+    classifier.eval()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(1234)
+    correct = dict.fromkeys(EVAL_TIMESTEPS, 0)
+    count = 0
+    for batch in iterate_batches(data, 250):
+        x0, labels = batch.images[: max_images - count], batch.labels[: max_images - count]
+        for step in EVAL_TIMESTEPS:
+            t = torch.full((len(x0),), min(step, schedule.num_timesteps - 1), device=x0.device)
+            logits = classifier(schedule.q_sample(x0, t, torch.randn_like(x0)), t.float())
+            correct[step] += int((logits.argmax(1) == labels).sum())
+        count += len(x0)
+        if count >= max_images:
+            break
+    torch.random.set_rng_state(generator_state)
+    return {f"accuracy_t{step}": hits / count for step, hits in correct.items()}
+
+
+main = console_script(DiffusionTrainConfig, train, "diffusion-train", PRESETS)
+
+if __name__ == "__main__":
+    main()
