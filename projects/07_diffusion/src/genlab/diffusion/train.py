@@ -13,6 +13,7 @@ sample-quality and likelihood numbers come from diffusion-sample (samples.npz fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -131,28 +132,41 @@ def build_network(config: DiffusionTrainConfig, data: ImageDataset) -> tuple[tor
 
 
 @torch.no_grad()
-def test_losses(network: torch.nn.Module, schedule: NoiseSchedule, config: DiffusionTrainConfig,
-                data: ImageDataset) -> dict[str, float]:  # fmt: skip
-    """L_simple's mean squared error (of the run's prediction target) on the first ``eval_images`` test images at
-    each of EVAL_TIMESTEPS, whatever the training weighting, with the same noise at every call."""
-    network.eval()
+def mean_at_eval_timesteps(data: ImageDataset, max_images: int, num_timesteps: int,
+                           measure: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], float]
+                           ) -> dict[int, float]:  # fmt: skip
+    """``measure(x0, labels, t)`` (a sum over the batch) averaged over the first ``max_images`` images of ``data`` at
+    each of EVAL_TIMESTEPS, with the same noise at every call (torch's global generator is restored afterwards)."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(1234)
     totals = dict.fromkeys(EVAL_TIMESTEPS, 0.0)
     count = 0
     for batch in iterate_batches(data, 250):
-        x0 = batch.images[: config.eval_images - count]
-        labels = batch.labels[: len(x0)] if config.class_conditional else None
+        x0 = batch.images[: max_images - count]
+        labels = None if batch.labels is None else batch.labels[: len(x0)]
         for step in EVAL_TIMESTEPS:
-            t = torch.full((len(x0),), min(step, config.timesteps - 1), device=x0.device)
-            _, logged = diffusion_loss(network, schedule, x0, labels, config.prediction, "simple",
-                                       config.learned_variance, t=t)  # fmt: skip
-            totals[step] += float(logged["mse"]) * len(x0)
+            t = torch.full((len(x0),), min(step, num_timesteps - 1), device=x0.device)
+            totals[step] += measure(x0, labels, t)
         count += len(x0)
-        if count >= config.eval_images:
+        if count >= max_images:
             break
     torch.random.set_rng_state(generator_state)
-    return {f"mse_t{step}": total / count for step, total in totals.items()}
+    return {step: total / count for step, total in totals.items()}
+
+
+def test_losses(network: torch.nn.Module, schedule: NoiseSchedule, config: DiffusionTrainConfig,
+                data: ImageDataset) -> dict[str, float]:  # fmt: skip
+    """L_simple's mean squared error (of the run's prediction target) on the first ``eval_images`` test images at
+    each of EVAL_TIMESTEPS, whatever the training weighting, with the same noise at every call."""
+    network.eval()
+
+    def mse(x0: torch.Tensor, labels: torch.Tensor | None, t: torch.Tensor) -> float:
+        _, logged = diffusion_loss(network, schedule, x0, labels if config.class_conditional else None,
+                                   config.prediction, "simple", config.learned_variance, t=t)  # fmt: skip
+        return float(logged["mse"]) * len(x0)
+
+    means = mean_at_eval_timesteps(data, config.eval_images, config.timesteps, mse)
+    return {f"mse_t{step}": value for step, value in means.items()}
 
 
 def grid_labels(count: int, num_classes: int, device: torch.device) -> torch.Tensor | None:
@@ -227,26 +241,17 @@ def train(config: DiffusionTrainConfig) -> dict[str, float]:
     return results
 
 
-@torch.no_grad()
 def classifier_accuracy(classifier: torch.nn.Module, schedule: NoiseSchedule, data: ImageDataset,
                         max_images: int = 2_000) -> dict[str, float]:  # fmt: skip
     """Test accuracy of p(y | x_t, t) at fixed timesteps (noisier x_t: closer to chance)."""
     classifier.eval()
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(1234)
-    correct = dict.fromkeys(EVAL_TIMESTEPS, 0)
-    count = 0
-    for batch in iterate_batches(data, 250):
-        x0, labels = batch.images[: max_images - count], batch.labels[: max_images - count]
-        for step in EVAL_TIMESTEPS:
-            t = torch.full((len(x0),), min(step, schedule.num_timesteps - 1), device=x0.device)
-            logits = classifier(schedule.q_sample(x0, t, torch.randn_like(x0)), t.float())
-            correct[step] += int((logits.argmax(1) == labels).sum())
-        count += len(x0)
-        if count >= max_images:
-            break
-    torch.random.set_rng_state(generator_state)
-    return {f"accuracy_t{step}": hits / count for step, hits in correct.items()}
+
+    def hits(x0: torch.Tensor, labels: torch.Tensor | None, t: torch.Tensor) -> float:
+        logits = classifier(schedule.q_sample(x0, t, torch.randn_like(x0)), t.float())
+        return float((logits.argmax(1) == labels).sum())
+
+    means = mean_at_eval_timesteps(data, max_images, schedule.num_timesteps, hits)
+    return {f"accuracy_t{step}": value for step, value in means.items()}
 
 
 main = console_script(DiffusionTrainConfig, train, "diffusion-train", PRESETS)
