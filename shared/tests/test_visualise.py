@@ -13,6 +13,7 @@ from genlab.core.visualise import (
     interpolate_latents,
     latent_traversal,
     manifold_grid,
+    plot_curves,
     save_gif,
     save_grid,
     slerp,
@@ -174,3 +175,19 @@ def test_training_progress_gif_orders_frames_by_step(tmp_path: Path) -> None:
             gif.seek(index)
             greys.append(int(np.asarray(gif.convert("L"))[2, 2]))
     assert greys[1] < 10 and 100 < greys[0] < 150 and greys[2] > 245  # steps 10, 200, 1000: grey 0.5, 0, 1
+
+
+def test_plot_curves_draws_each_curve_in_its_own_colour(tmp_path: Path) -> None:
+    path = plot_curves(
+        {"ddim": [(10, 50.0), (20, 30.0), (50, 20.0)], "paper ddim": [(10, 13.4), (50, 4.7)]},
+        tmp_path / "plot.png",
+        x_label="steps",
+        y_label="FID",
+        log_x=True,
+    )
+    pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+    # matplotlib's first two default colours (C0 blue, C1 orange) are both present: two curves were drawn
+    for colour in ((31, 119, 180), (255, 127, 14)):
+        assert (np.abs(pixels.astype(int) - colour).sum(axis=1) < 30).sum() > 50
+    with pytest.raises(ValueError, match="at least one"):
+        plot_curves({"empty": []}, tmp_path / "none.png", x_label="x", y_label="y")

@@ -5,7 +5,9 @@
 #
 #   projects/07_diffusion/results/sampler-steps.sh RUN [COUNT] [STEPS...]      # default: 1000 samples, 10 20 50
 #
-# Writes <RUN>/sampler-steps/<sampler>-<N>/ and prints the table as markdown (rows already sampled are kept).
+# Writes <RUN>/sampler-steps/<sampler>-<N>/, prints the table as markdown (rows already sampled are kept) and draws
+# <RUN>/sampler-steps/fid-vs-steps.png: FID against steps per sampler, beside the DDIM paper's CIFAR-10 curve (eta 0,
+# Inception features, Table 1: another data set and feature network; its shape is the comparison, not its values).
 set -euo pipefail
 run=$1 count=${2:-1000}
 shift $(( $# >= 2 ? 2 : $# ))
@@ -21,10 +23,12 @@ for n in $steps; do
     fi
   done
 done
-python3 - "$out" "$count" $steps <<'PY'
+uv run python - "$out" "$count" $steps <<'PY'
 import json, sys
 from pathlib import Path
+from genlab.core.visualise import plot_curves
 out, count, steps = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+curves = {}
 print("| sampler | steps | network evaluations | FID (classifier) | KID (classifier) | ms per image |")
 print("|---|---|---|---|---|---|")
 for sampler in ("ddpm", "ddim", "heun"):
@@ -34,4 +38,9 @@ for sampler in ("ddpm", "ddim", "heun"):
         scores = json.loads((folder / f"eval-classifier-train-{count}.json").read_text())["scores"]
         print(f"| {sampler} | {n} | {info['function_evaluations_per_sample']} | {scores['fid']:.2f} | "
               f"{scores['kid']:.4f} | {1000 * info['seconds_per_sample']:.1f} |")
+        curves.setdefault(sampler.upper(), []).append((int(n), scores["fid"]))
+curves["paper DDIM, CIFAR-10, Inception"] = [(10, 13.36), (20, 6.84), (50, 4.67), (100, 4.16)]
+plot = plot_curves(curves, out / "fid-vs-steps.png", "sampling steps", "FID", log_x=True, log_y=True,
+                   title=f"FID (classifier features, {count} samples) against sampling steps")
+print(f"plot: {plot}")
 PY

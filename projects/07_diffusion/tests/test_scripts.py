@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from genlab.diffusion import edit as diffusion_edit
 from genlab.diffusion import sample as diffusion_sample
 from genlab.diffusion import train as diffusion_train
 
@@ -119,3 +120,51 @@ def test_user_mistakes_are_one_line(
     assert "--guidance-scales" in user_error(diffusion_sample.main, ["--run", run, "--guidance-scales", "1,x"])
     assert "--eta" in user_error(diffusion_sample.main, ["--run", run, "--eta", "nan"])
     assert "steps" in user_error(diffusion_sample.main, ["--run", run, "--steps", "5000"])
+
+
+@pytest.mark.parametrize(("task", "flags", "evaluations"), [
+    ("inpaint", ["--mask", "left", "--resamplings", "2"], 5 + 4),  # RePaint, j = 1: N + (N - 1)(r - 1)
+    ("outpaint", [], 5),
+    ("sdedit", ["--strength", "0.5"], 4),  # t0 = 499, then the leading timesteps below it: 400, 200, 0
+    ("superres", ["--method", "dps", "--step-size", "0.5"], 10),  # a backward pass per step
+    ("superres", ["--method", "replacement"], 5),
+    ("deblur", ["--method", "dps"], 10),
+])  # fmt: skip
+def test_edit_writes_results_beside_their_inputs_and_scores_them(
+    conditional_run: Path, tmp_path: Path, task: str, flags: list[str], evaluations: int
+) -> None:
+    out = tmp_path / task
+    diffusion_edit.main(["--run", str(conditional_run), "--out", str(out), "--task", task, *flags, "--steps", "5",
+                         "--npz", "6", "--batch-size", "4", "--device", "cpu"])  # fmt: skip
+    measured = json.loads((out / "edit.json").read_text())
+    assert measured["images"] == 6 and measured["function_evaluations"] == evaluations
+    assert measured["psnr_db"] > 0 and -1 <= measured["ssim"] <= 1
+    samples = np.load(out / "samples.npz")["samples"]
+    assert samples.shape == (6, 1, 28, 28)
+    info = json.loads((out / "samples.json").read_text())
+    assert info["function_evaluations_per_sample"] == evaluations and info["seconds_per_sample"] > 0
+    grid = Image.open(out / "edit.png")  # three rows of 6: input, result, original
+    assert grid.size == (6 * 30 + 2, 3 * 30 + 2)
+    if task in ("inpaint", "outpaint"):  # the known pixels come through exactly (up to 8-bit rounding)
+        test = diffusion_train.load_split(json.loads((conditional_run / "config.json").read_text())["config"],
+                                          "test")  # fmt: skip
+        mask = diffusion_edit.named_mask("left" if task == "inpaint" else "border", 28).bool()[0]
+        assert np.array_equal(samples[:, mask.numpy()], test.images[:6][:, mask].numpy())
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--strength", "1.5"], "--strength must be in [0, 1]"),
+    (["--mask", "moon"], "unknown --mask"),
+    (["--task", "deblur", "--method", "replacement"], "pseudo-inverse"),
+    (["--resamplings", "0"], "--resamplings must be"),
+    (["--guidance-scale", "3"], "takes no --guidance-scale"),
+    (["--steps", "2000"], "exceeds the run's 1000 training timesteps"),
+    (["--images", "100000"], "the test split has"),
+])  # fmt: skip
+def test_edit_refuses_nonsense_in_one_line(
+    conditional_run: Path, tmp_path: Path, user_error: Callable, flags: list[str], message: str
+) -> None:
+    out = tmp_path / "refused"
+    err = user_error(diffusion_edit.main, ["--run", str(conditional_run), "--out", str(out), *flags,
+                                           "--device", "cpu"])  # fmt: skip
+    assert message in err and not out.exists()

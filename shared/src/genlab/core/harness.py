@@ -108,10 +108,16 @@ class OpenedRun:
     checkpoint: Path
     train_config: dict[str, Any]
     device: torch.device
-    out: Path
+    planned_out: Path  # made on first use of ``out``: a refusal after opening the run leaves nothing behind
     model: Any
     generator: torch.Generator
     written: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        """The output folder, made when something is first written into it."""
+        self.planned_out.mkdir(parents=True, exist_ok=True)
+        return self.planned_out
 
     def test_split(self, value_range: str, expected_shape: Sequence[int]) -> ImageDataset:
         """The test split of the data set the run trained on, on the device, checked against the model's shape."""
@@ -170,15 +176,14 @@ def open_run(
     config: SampleConfig, model_class: type, name: str, project: str, default_out: str = "samples"
 ) -> OpenedRun:
     """Resolve ``config.run`` (a run or checkpoint folder), load model ``name`` (EMA weights when asked and
-    present), seed torch, and make the output folder (``--out``, else ``<run>/<default_out>``); every refusal is
-    one line, before anything is written."""
+    present), seed torch, and name the output folder (``--out``, else ``<run>/<default_out>``), made when the
+    first file is written; every refusal is one line, before anything is written."""
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     run_dir, checkpoint = resolve_checkpoint(config.run)
     model = load_pretrained(checkpoint, model_class, name, project, ema=config.ema).to(device).eval()
     train_config = read_run_info(run_dir)["config"]
     out = Path(config.out) if config.out else run_dir / default_out
-    out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(config.seed)
     return OpenedRun(config, run_dir, checkpoint, train_config, device, out, model, generator)
 

@@ -7,6 +7,8 @@ importance-weighted estimate of log p(x) for latent-variable models. Conventions
 Sample quality on features from a feature network (genlab.core.features): FID, KID, precision/recall and
 the Inception Score. The arithmetic is torch-fidelity's, imported where used so that likelihood code stays
 light; these functions fix the conventions (float64, every sample, generated first and reference second).
+
+Fidelity to a reference image, for reconstructions and inverse problems: PSNR and SSIM, per image.
 """
 
 from __future__ import annotations
@@ -73,6 +75,43 @@ def mean_over_batches(values: Iterable[torch.Tensor]) -> float:
     if count == 0:
         raise ValueError("no examples to average")
     return total / count
+
+
+def psnr(x: torch.Tensor, reference: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image, 10 log10(R^2 / MSE), R the data's peak-to-peak range (2 for
+    images in [-1, 1], 1 in [0, 1]): (B, C, H, W) twice -> (B,)."""
+    mse = (x.double() - reference.double()).square().flatten(1).mean(1)
+    return 10 * torch.log10(data_range**2 / mse.clamp_min(1e-20))
+
+
+def ssim(x: torch.Tensor, reference: torch.Tensor, data_range: float = 2.0, sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004) per image, the mean over channels and positions of
+
+        SSIM = (2 mu_x mu_y + c1)(2 cov_xy + c2) / ((mu_x^2 + mu_y^2 + c1)(var_x + var_y + c2)),
+        c1 = (0.01 R)^2, c2 = (0.03 R)^2,
+
+    the local statistics weighted by a normalised Gaussian window of std ``sigma`` (the paper's 1.5) reaching 3.5
+    sigmas either side (11 x 11 at 1.5), with the population (1/N) normalisation, only where the window fits: the
+    convention of scikit-image's structural_similarity(gaussian_weights=True, use_sample_covariance=False).
+    (B, C, H, W) twice -> (B,)."""
+    x, reference = x.double(), reference.double()
+    C = x.shape[1]
+    radius = int(3.5 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=x.device)
+    profile = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    window = torch.outer(profile, profile)
+    window = (window / window.sum())[None, None].expand(C, 1, -1, -1)
+
+    def local_mean(image: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(image, window, groups=C)  # no padding: where the whole window fits
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = local_mean(x), local_mean(reference)
+    var_x = local_mean(x * x) - mu_x**2
+    var_y = local_mean(reference * reference) - mu_y**2
+    covariance = local_mean(x * reference) - mu_x * mu_y
+    index = (2 * mu_x * mu_y + c1) * (2 * covariance + c2) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return index.flatten(1).mean(1)
 
 
 @dataclass

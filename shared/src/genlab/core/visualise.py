@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 from torchvision.utils import make_grid
 
@@ -107,4 +108,36 @@ def training_progress_gif(run_dir: str | Path, path: str | Path | None = None, d
     pictures = [Image.open(grid).convert("RGB") for grid in grids]
     durations = [duration_ms] * (len(pictures) - 1) + [3 * duration_ms]
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0)
+    return path
+
+
+def plot_curves(
+    curves: dict[str, Sequence[tuple[float, float]]],
+    path: str | Path,
+    x_label: str,
+    y_label: str,
+    title: str = "",
+    log_x: bool = False,
+    log_y: bool = False,
+) -> Path:
+    """A PNG line plot, one labelled curve of (x, y) points per entry (e.g. FID against sampling steps per
+    sampler); references such as a paper's numbers are drawn dashed when their label starts with "paper"."""
+    if not curves or any(len(points) == 0 for points in curves.values()):
+        raise ValueError("plot_curves needs at least one curve, each with at least one point")
+    figure = Figure(figsize=(6.4, 4.2), dpi=120)  # the object API: no pyplot state, no display needed
+    axes = figure.subplots()
+    for label, points in curves.items():
+        xs, ys = zip(*sorted(points), strict=True)
+        axes.plot(xs, ys, marker="o", linestyle="--" if label.startswith("paper") else "-", label=label)
+    axes.set(xlabel=x_label, ylabel=y_label, title=title)
+    if log_x:
+        axes.set_xscale("log")
+    if log_y:
+        axes.set_yscale("log")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path)
     return path

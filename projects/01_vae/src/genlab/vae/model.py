@@ -6,7 +6,11 @@
                discretised logistic or a Gaussian with a learned variance per pixel (App. C.2 for the Gaussian)
 
 Two networks: the paper's MLP (one or more hidden layers, tanh in the paper) and a convolutional variant for
-colour images. The objective (ELBO, IWAE) is in objective.py; this file imports only torch and the Hub mixin.
+colour images. The convolutional one's latent is a vector (a linear layer after the last feature map) or, with
+``latent_channels`` > 0, the last feature map itself: z is then ``latent_channels`` maps of the encoder's smallest
+side, flattened to latent_dim = c * h * w values, so the objective and sampling treat it as any other vector. That
+spatial latent is what latent diffusion (07) diffuses in: a KL-regularised autoencoder, Rombach et al. 2022, Sec. 3.
+The objective (ELBO, IWAE) is in objective.py; this file imports only torch and the Hub mixin.
 """
 
 from __future__ import annotations
@@ -37,10 +41,25 @@ class VAEConfig:
     hidden_dims: tuple[int, ...] = (512, 512)  # MLP widths, or conv channels (one stride-2 layer each)
     activation: Literal["tanh", "relu", "elu", "silu"] = "tanh"
     likelihood: Likelihood = "bernoulli"
+    latent_channels: int = 0  # conv only: > 0 makes z a (latent_channels, h, w) map; latent_dim is then c * h * w
 
     def __post_init__(self) -> None:
         self.image_shape = tuple(self.image_shape)
         self.hidden_dims = tuple(self.hidden_dims)
+        if self.latent_channels < 0:
+            raise ValueError(f"latent_channels must be >= 0, got {self.latent_channels}")
+        if self.latent_channels:
+            if self.architecture != "conv":
+                raise ValueError("a spatial latent (latent_channels > 0) needs the conv architecture")
+            self.latent_dim = math.prod(self.latent_shape)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one z: (latent_dim,), or (latent_channels, h, w) for a spatial latent."""
+        if not self.latent_channels:
+            return (self.latent_dim,)
+        _, height, width = self.image_shape
+        return (self.latent_channels, *_conv_sizes(height, width, len(self.hidden_dims))[-1])
 
 
 def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
@@ -89,7 +108,7 @@ def _conv_sizes(height: int, width: int, layers: int) -> list[tuple[int, int]]:
 
 
 class ConvEncoder(nn.Module):
-    """Stride-2 convolutions, then a linear layer to (mu, log sigma^2)."""
+    """Stride-2 convolutions, then a linear layer to (mu, log sigma^2), or a 1x1 conv for a spatial latent."""
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
@@ -100,16 +119,24 @@ class ConvEncoder(nn.Module):
             layers += [nn.Conv2d(fan_in, fan_out, 3, stride=2, padding=1), ACTIVATIONS[config.activation]()]
         self.convs = nn.Sequential(*layers)
         h, w = _conv_sizes(height, width, len(config.hidden_dims))[-1]
-        self.to_latent = nn.Linear(widths[-1] * h * w, 2 * config.latent_dim)
+        self.spatial = config.latent_channels > 0
+        if self.spatial:
+            self.to_latent = nn.Conv2d(widths[-1], 2 * config.latent_channels, 1)
+        else:
+            self.to_latent = nn.Linear(widths[-1] * h * w, 2 * config.latent_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.convs(x).flatten(1)  # (B, C, H, W) -> (B, C' h w)
-        mu, log_var = self.to_latent(features).chunk(2, dim=1)
+        features = self.convs(x)  # (B, C, H, W) -> (B, C', h, w)
+        if self.spatial:
+            mu, log_var = self.to_latent(features).chunk(2, dim=1)  # 2 x (B, c, h, w)
+            return mu.flatten(1), log_var.flatten(1)  # 2 x (B, c h w)
+        mu, log_var = self.to_latent(features.flatten(1)).chunk(2, dim=1)
         return mu, log_var
 
 
 class ConvDecoder(nn.Module):
-    """A linear layer to the smallest feature map, then (upsample to the encoder's size, 3x3 conv) per layer."""
+    """A linear layer (a 3x3 conv for a spatial latent) to the smallest feature map, then (upsample to the encoder's
+    size, 3x3 conv) per layer."""
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
@@ -117,7 +144,11 @@ class ConvDecoder(nn.Module):
         self.sizes = list(reversed(_conv_sizes(height, width, len(config.hidden_dims))))  # smallest first
         widths = list(reversed(config.hidden_dims))
         self.first_shape = (widths[0], *self.sizes[0])
-        self.from_latent = nn.Linear(config.latent_dim, math.prod(self.first_shape))
+        self.latent_shape = config.latent_shape
+        if config.latent_channels:
+            self.from_latent = nn.Conv2d(config.latent_channels, widths[0], 3, padding=1)
+        else:
+            self.from_latent = nn.Linear(config.latent_dim, math.prod(self.first_shape))
         self.activation = ACTIVATIONS[config.activation]()
         out_channels = [*widths[1:], PARAMS_PER_VALUE[config.likelihood] * channels]
         self.convs = nn.ModuleList(
@@ -125,6 +156,7 @@ class ConvDecoder(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.view(z.shape[0], *self.latent_shape)  # (B, c h w) -> (B, c, h, w) for a spatial latent
         h = self.activation(self.from_latent(z)).view(z.shape[0], *self.first_shape)  # (B, C', h, w)
         for i, conv in enumerate(self.convs):
             h = conv(F.interpolate(h, size=self.sizes[i + 1], mode="nearest"))  # upsample to the next size

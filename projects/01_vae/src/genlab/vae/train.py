@@ -3,6 +3,8 @@
 uv run vae-train                                   # MLP VAE on dynamically binarised MNIST, CPU-sized
 uv run vae-train --preset paper                    # the IWAE paper's VAE: 200-200 tanh, 50-d latent
 uv run vae-train --dataset twemoji --architecture conv --hidden-dims 64 128 256 --latent-dim 128
+uv run vae-train --dataset fashion_mnist --architecture conv --hidden-dims 64 128 --latent-channels 4 --beta 0.01
+                                                   # a first stage for latent diffusion: z of 4 x 7 x 7
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ class VAETrainConfig(TrainConfig):
     eval_every: int = option(10_000, "estimate the test NLL every N steps (0: only at the end)")
     checkpoint_every: int = option(10_000, "checkpoint every N steps (and always at the end and on SIGINT/SIGTERM)")
     architecture: Literal["mlp", "conv"] = option("mlp", "the paper's MLP, or a convolutional network")
-    latent_dim: int = option(50, "dimension of z")
+    latent_dim: int = option(50, "dimension of z (with --latent-channels: ignored, c * h * w)")
+    latent_channels: int = option(
+        0,
+        "conv only: z is this many maps of the smallest feature map's side, a spatial latent as latent diffusion "
+        "diffuses in (0: a vector)",
+    )
     hidden_dims: tuple[int, ...] = option((512, 512), "MLP hidden widths, or conv channels per stride-2 layer")
     activation: Literal["tanh", "relu", "elu", "silu"] = option("tanh", "hidden nonlinearity")
     likelihood: Literal["auto", "bernoulli", "logistic", "gaussian"] = option(
@@ -60,6 +67,10 @@ class VAETrainConfig(TrainConfig):
             raise GenlabError("--latent-dim and every --hidden-dims value must be positive")
         if self.iwae_samples < 1 or self.eval_samples < 1 or self.test_samples < 0 or self.eval_images < 1:
             raise GenlabError("--iwae-samples, --eval-samples, --eval-images must be >= 1, --test-samples >= 0")
+        if self.latent_channels < 0:
+            raise GenlabError(f"--latent-channels must be >= 0, got {self.latent_channels}")
+        if self.latent_channels and self.architecture != "conv":
+            raise GenlabError("--latent-channels (a spatial latent) needs --architecture conv")
         if self.beta < 0:
             raise GenlabError(f"--beta must be >= 0, got {self.beta}")
         if self.iwae_samples > 1 and self.beta != 1.0:
@@ -159,6 +170,7 @@ def build_model_config(config: VAETrainConfig, data: ImageDataset) -> VAEConfig:
         hidden_dims=config.hidden_dims,
         activation=config.activation,
         likelihood=resolved_likelihood(config),
+        latent_channels=config.latent_channels,
     )
 
 
@@ -181,7 +193,7 @@ def train(config: VAETrainConfig) -> dict[str, float]:
         models=["vae"],
         lr_lambda=lr_lambda,
     )
-    fixed_latents = torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(config.seed))
+    fixed_latents = torch.randn(64, model_config.latent_dim, generator=torch.Generator().manual_seed(config.seed))
 
     def sample_fn(trainer: Trainer) -> torch.Tensor:
         vae = trainer.eval_model("vae")

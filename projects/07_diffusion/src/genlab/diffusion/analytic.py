@@ -1,4 +1,6 @@
-"""Data whose diffused distributions are known in closed form: a mixture of isotropic Gaussians.
+"""Data whose diffused distributions are known in closed form: a mixture of isotropic Gaussians, and one Gaussian
+with a full covariance (correlated pixels, for editing and inverse problems, where the right answer is a
+conditional Gaussian).
 
 If x_0 ~ sum_k w_k N(mu_k, s_k^2 I), then x_t = alpha x_0 + sigma eps is distributed as
 
@@ -82,3 +84,36 @@ class GaussianMixture:
             return -expand_like(sigma, x_t).to(x_t.device) * self.score(x_t.cpu(), alpha, sigma).to(x_t.device)
 
         return network
+
+
+class CorrelatedGaussian:
+    """x_0 ~ N(mu, Sigma) over D coordinates, as images of shape (1, 1, D). Diffused, x_t ~ N(alpha mu, alpha^2
+    Sigma + sigma^2 I), whose score is -(alpha^2 Sigma + sigma^2 I)^{-1} (x - alpha mu); and the conditional of a
+    block given another, N(mu_u + S_uk S_kk^{-1} (x_k - mu_k), S_uu - S_uk S_kk^{-1} S_ku), is what inpainting
+    should sample."""
+
+    def __init__(self, mean: Tensor, covariance: Tensor) -> None:
+        self.mu, self.covariance = mean.double(), covariance.double()
+        self.shape = (1, 1, len(mean))
+
+    def sample(self, count: int, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn((count, len(self.mu)), generator=generator, dtype=torch.float64)
+        return (self.mu + noise @ torch.linalg.cholesky(self.covariance).T).float().reshape(count, *self.shape)
+
+    def score(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        flat = x.double().flatten(1)  # (B, D)
+        alpha, sigma = alpha.double().reshape(-1, 1, 1), sigma.double().reshape(-1, 1, 1)
+        covariances = alpha**2 * self.covariance + sigma**2 * torch.eye(len(self.mu), dtype=torch.float64)
+        centred = (flat - alpha[:, :, 0] * self.mu).unsqueeze(-1)  # (B, D, 1)
+        return -torch.linalg.solve(covariances, centred).reshape(x.shape).to(x.dtype)
+
+    def conditional(self, known: Tensor, known_index: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean (B, U) and covariance (U, U) of the unknown coordinates given x_k = ``known`` (B, K)."""
+        unknown_index = torch.tensor([i for i in range(len(self.mu)) if i not in set(known_index.tolist())])
+        S = self.covariance
+        gain = S[unknown_index][:, known_index] @ torch.linalg.inv(S[known_index][:, known_index])  # S_uk S_kk^-1
+        mean = self.mu[unknown_index] + (known.double() - self.mu[known_index]) @ gain.T
+        covariance = S[unknown_index][:, unknown_index] - gain @ S[known_index][:, unknown_index]
+        return mean, covariance
+
+    eps_network = GaussianMixture.eps_network

@@ -216,6 +216,19 @@ SIZES: dict[str, dict] = {
         head_channels=32,
         dropout=0.1,
     ),
+    # Latent diffusion on a first stage's grid (diffusion-train --first-stage): image_channels and image_size come
+    # from the latents, and diffusion-train keeps as many levels as the grid's side can be halved (a 7x7 grid: one),
+    # with attention at the smallest side.
+    "ldm-small": dict(
+        image_channels=4,
+        image_size=8,
+        base_channels=64,
+        channel_multipliers=(1, 2, 2),
+        residual_blocks=1,
+        attention_resolutions=(2,),
+        head_channels=32,
+        dropout=0.0,
+    ),
 }
 
 

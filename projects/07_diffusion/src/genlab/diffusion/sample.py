@@ -9,6 +9,7 @@ uv run diffusion-sample --run R --guidance-scales 0,1,3,7                       
 uv run diffusion-sample --run R --classifier runs/diffusion/<classifier run> --classifier-scale 2
 uv run diffusion-sample --run R --gif                                           # the reverse process
 uv run diffusion-sample --run R --likelihood --likelihood-images 200            # bits/dim: ELBO and ODE
+uv run diffusion-sample --run <latent run>                                      # decoded by its first stage
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from genlab.core.config import option
 from genlab.core.errors import GenlabError
 from genlab.core.harness import OpenedRun, SampleConfig, console_script, open_run, require_at_least, unit_to_uint8
 from genlab.core.visualise import save_gif, to_unit
+from genlab.diffusion.first_stage import load_first_stage
 from genlab.diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
 from genlab.diffusion.model import NoisyClassifier, UNet
 from genlab.diffusion.objective import elbo_bits_per_dim
@@ -121,6 +123,15 @@ class DiffusionRun:
             raise GenlabError("--variance learned needs a run trained with --learned-variance")
         self.variance = config.variance if config.variance != "auto" else (
             "learned" if self.learned_variance else "beta_tilde")  # fmt: skip
+        # A latent run (latent diffusion): the U-Net's samples are latents s z, decoded by the recorded autoencoder.
+        self.first_stage_record = read_run_info(run.run_dir).get("first_stage")
+        self.first_stage = None
+        if self.first_stage_record:
+            if config.likelihood or config.classifier or config.sampler in ("pc", "ode"):
+                raise GenlabError("a latent diffusion run samples with ddpm, ddim, euler or heun, without --classifier "
+                                  "or --likelihood (those are of pixel-space runs)")  # fmt: skip
+            record = self.first_stage_record
+            self.first_stage = load_first_stage(record["run"], run.device, record["weights_sha256"])
         self.classifier = self._load_classifier() if config.classifier else None
         conditional = self.num_classes > 0 or self.classifier is not None
         if (config.guidance_scale != 1.0 or config.guidance_scales) and not self.num_classes:
@@ -158,7 +169,8 @@ class DiffusionRun:
         network = self.network
         if self.num_classes and guidance_scale != 1.0:
             network = ClassifierFreeGuidance(self.network, guidance_scale, self.num_classes)
-        denoise: Any = Denoiser(network, self.schedule, self.prediction, self.learned_variance, self.config.clip)
+        clip = self.config.clip and self.first_stage is None  # latents are not bounded to [-1, 1]
+        denoise: Any = Denoiser(network, self.schedule, self.prediction, self.learned_variance, clip)
         if self.classifier is not None:
             condition = "labels" if self.num_classes else "none"
             denoise = ClassifierGuidance(denoise, self.classifier, self.schedule, self.config.classifier_scale,
@@ -190,8 +202,14 @@ class DiffusionRun:
             else:
                 sampler = make_sampler(config.sampler, self.schedule, config.steps, config.spacing or None,
                                        config.eta, self.variance)  # fmt: skip
-                pieces.append(sampler.sample(denoise, x_T, batch_labels, generator, callback))
+                pieces.append(self.to_images(sampler.sample(denoise, x_T, batch_labels, generator, callback)))
         return torch.cat(pieces).clamp(-1, 1)
+
+    def to_images(self, samples: Tensor) -> Tensor:
+        """Samples of the U-Net -> images in [-1, 1]: a latent run's through its autoencoder, D(z_0 / s)."""
+        if self.first_stage is None:
+            return samples
+        return self.first_stage.decode(samples / self.first_stage_record["scale_factor"])
 
     def _draw_sde(self, denoise: Any, x_T: Tensor, labels: Tensor | None, generator: torch.Generator) -> Tensor:
         config = self.config
@@ -227,8 +245,8 @@ def reverse_process_gif(diffusion: DiffusionRun, path_name: str = "reverse.gif",
 
     def record(_step: int, x_t: Tensor, prediction: DenoiserOutput) -> None:
         nonlocal calls
-        if calls % keep_every == 0:
-            frames.append(pairs(x_t, prediction.x0))
+        if calls % keep_every == 0:  # a latent run: both decoded (a noisy latent decodes to no noisy image)
+            frames.append(pairs(diffusion.to_images(x_t), diffusion.to_images(prediction.x0)))
         calls += 1
 
     final = diffusion.draw(count, 0, diffusion.config.guidance_scale, callback=record)

@@ -62,7 +62,7 @@ def spaced_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "l
     return sorted(set(steps), reverse=True)
 
 
-def _gaussian_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+def gaussian_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise shaped like x, drawn on the CPU from ``generator`` (the same numbers on any device)."""
     return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
 
@@ -136,7 +136,7 @@ class DDPMSampler(Sampler):
              ) -> tuple[Tensor, DenoiserOutput]:  # fmt: skip
         t, t_prev = self.timesteps[index], self.previous_timestep(index)
         prediction = denoise(x_t, torch.full((len(x_t),), float(t), device=x_t.device), condition)
-        noise = _gaussian_like(x_t, generator) if t_prev >= 0 else None
+        noise = gaussian_like(x_t, generator) if t_prev >= 0 else None
         return self.update(prediction, x_t, t, t_prev, noise), prediction
 
 
@@ -166,7 +166,7 @@ class DDIMSampler(Sampler):
              ) -> tuple[Tensor, DenoiserOutput]:  # fmt: skip
         t, t_prev = self.timesteps[index], self.previous_timestep(index)
         prediction = denoise(x_t, torch.full((len(x_t),), float(t), device=x_t.device), condition)
-        noise = _gaussian_like(x_t, generator) if self.eta > 0 and t_prev >= 0 else None
+        noise = gaussian_like(x_t, generator) if self.eta > 0 and t_prev >= 0 else None
         return self.update(prediction, x_t, t, t_prev, noise), prediction
 
     @torch.no_grad()

@@ -6,6 +6,8 @@ uv run diffusion-train --model classifier                     # p(y | x_t, t) fo
 uv run diffusion-train --schedule cosine --learned-variance   # Improved DDPM: cosine schedule, hybrid loss
 uv run diffusion-train --weighting sigmoid                    # Kingma & Gao's weighted loss
 uv run diffusion-train --preset paper --dataset cifar10       # DDPM's CIFAR-10 setting (a GPU)
+uv run diffusion-train --first-stage runs/vae/<run> --size ldm-small --dataset fashion_mnist
+                                                              # latent diffusion on 01's or 05's autoencoder
 
 At the end a U-Net run writes results.json with its test loss at fixed timesteps, and a grid of DDIM samples; the
 sample-quality and likelihood numbers come from diffusion-sample (samples.npz for genlab-eval, --likelihood).
@@ -15,17 +17,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
+from genlab.core.checkpoint import read_run_info, resolve_device
 from genlab.core.config import option
 from genlab.core.data import ImageDataset, iterate_batches, load_dataset
 from genlab.core.errors import GenlabError
 from genlab.core.harness import console_script, require_at_least, write_results
 from genlab.core.trainer import TrainConfig, Trainer
 from genlab.core.visualise import to_unit
+from genlab.diffusion.first_stage import latent_splits
+from genlab.diffusion.latent import draw_latents
 from genlab.diffusion.model import SIZES, ClassifierConfig, NoisyClassifier, UNet, unet_config
 from genlab.diffusion.objective import diffusion_loss, drop_labels
 from genlab.diffusion.prediction import Denoiser
@@ -44,7 +50,16 @@ class DiffusionTrainConfig(TrainConfig):
     model: Literal["unet", "classifier"] = option("unet", "the denoising U-Net, or a classifier of x_t for guidance")
     size: str = option("mnist-small", f"named U-Net size ({', '.join(SIZES)})")
     base_channels: int | None = option(None, "override the size's base width")
+    channel_multipliers: tuple[int, ...] = option((), "override the size's width multipliers, one level each")
+    attention_resolutions: tuple[int, ...] = option(
+        (), "override the sides with self-attention (latent runs: default the U-Net's lowest side)"
+    )
     dropout: float | None = option(None, "override the size's dropout")
+    first_stage: str = option(
+        "",
+        "latent diffusion: an autoencoder run of vae-train (with --latent-channels) or vqvae-train, frozen; "
+        "the model diffuses its latents, scaled to unit variance",
+    )
     schedule: Literal["linear", "cosine", "sigmoid"] = option("linear", "noise schedule (schedules.py)")
     timesteps: int = option(1000, "T, the number of diffusion steps")
     prediction: Literal["eps", "x0", "v"] = option("eps", "what the network predicts")
@@ -87,6 +102,10 @@ class DiffusionTrainConfig(TrainConfig):
             raise GenlabError(f"--sample-steps {self.sample_steps} exceeds --timesteps {self.timesteps}")
         if self.model == "classifier" and self.learned_variance:
             raise GenlabError("--model classifier takes no --learned-variance")
+        if self.model == "classifier" and self.first_stage:
+            raise GenlabError("--model classifier is trained on pixels; --first-stage is for the U-Net")
+        if any(m < 1 for m in self.channel_multipliers) or any(r < 1 for r in self.attention_resolutions):
+            raise GenlabError("--channel-multipliers and --attention-resolutions must be positive")
 
 
 # DDPM's CIFAR-10 setting (Sec. 4 and App. B): batch 128, Adam 2e-4 with 5000 warm-up steps, EMA 0.9999, gradient
@@ -109,14 +128,26 @@ def schedule_of(config: dict[str, Any] | DiffusionTrainConfig) -> NoiseSchedule:
     return make_schedule(get("schedule"), get("timesteps"))
 
 
-def build_network(config: DiffusionTrainConfig, data: ImageDataset) -> tuple[torch.nn.Module, dict[str, Any]]:
-    C, H, W = data.shape
+def build_network(config: DiffusionTrainConfig, data: ImageDataset, shape: tuple[int, int, int] | None = None
+                  ) -> tuple[torch.nn.Module, dict[str, Any]]:  # fmt: skip
+    """The U-Net (or classifier) for samples of ``shape`` (C, H, W): the data's, or a first stage's latent shape."""
+    C, H, W = shape or data.shape
+    what = "latents" if shape else "images"
     if H != W:
-        raise GenlabError(f"the U-Net takes square images, {config.dataset} is {H}x{W}")
+        raise GenlabError(f"the U-Net takes square {what}, {config.dataset}'s are {H}x{W}")
     conditional = config.class_conditional or config.model == "classifier"  # a classifier always needs labels
     if conditional and data.labels is None:
         raise GenlabError(f"{config.dataset} has no labels to condition on")
     overrides = {k: getattr(config, k) for k in ("base_channels", "dropout") if getattr(config, k) is not None}
+    overrides.update({k: getattr(config, k) for k in ("channel_multipliers", "attention_resolutions")
+                      if getattr(config, k)})  # fmt: skip
+    if config.first_stage:  # a latent grid's side is whatever the autoencoder made it: fit the levels to it
+        multipliers = config.channel_multipliers or SIZES.get(config.size, {}).get("channel_multipliers", (1,))
+        while not config.channel_multipliers and len(multipliers) > 1 and H % 2 ** (len(multipliers) - 1):
+            multipliers = multipliers[:-1]  # e.g. a 7x7 grid cannot be halved: one level
+        overrides["channel_multipliers"] = multipliers
+        if not config.attention_resolutions:  # attend where the grid is smallest
+            overrides["attention_resolutions"] = (H // 2 ** (len(multipliers) - 1),)
     try:
         if config.model == "classifier":
             architecture = ClassifierConfig(image_channels=C, image_size=H, num_classes=data.num_classes,
@@ -127,7 +158,7 @@ def build_network(config: DiffusionTrainConfig, data: ImageDataset) -> tuple[tor
             num_classes=data.num_classes if config.class_conditional else 0, **overrides,
         )  # fmt: skip
     except ValueError as error:
-        raise GenlabError(f"--size {config.size} on {config.dataset}: {error}") from None
+        raise GenlabError(f"--size {config.size} on {config.dataset}'s {C}x{H}x{W} {what}: {error}") from None
     return UNet(architecture), {"model": architecture}
 
 
@@ -178,7 +209,20 @@ def train(config: DiffusionTrainConfig) -> dict[str, float]:
     """Train as ``config`` says; returns the last logged values and the final test measurements."""
     train_data, test_data = load_split(config, "train"), load_split(config, "test")
     schedule = schedule_of(config)
-    network, extra = build_network(config, train_data)
+    first_stage, latent_shape = None, None
+    if config.first_stage:
+        saved = read_run_info(Path(config.resume)).get("first_stage") if config.resume else None
+        device = resolve_device(config.device)
+        train_data, test_data, record, first_stage = latent_splits(config.first_stage, train_data, test_data,
+                                                                   device, saved)  # fmt: skip
+        latent_shape = tuple(record["latent_shape"])
+        print(
+            f"first stage {record['kind']} {config.first_stage}: latents {latent_shape}, scale factor "
+            f"{record['scale_factor']:.4f}"
+        )
+    network, extra = build_network(config, train_data, latent_shape)
+    if first_stage is not None:
+        extra["first_stage"] = record
     trainer = Trainer(config, PROJECT, extra)
     name = "classifier" if config.model == "classifier" else "unet"
     network = trainer.add_model(name, network)
@@ -212,18 +256,22 @@ def train(config: DiffusionTrainConfig) -> dict[str, float]:
 
     def loss_fn(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = drop_labels(batch.labels, config.label_dropout, null_label) if config.class_conditional else None
-        return diffusion_loss(network, schedule, batch.images, labels, config.prediction, config.weighting,
+        x0 = batch.images if latent_shape is None else draw_latents(batch.images, latent_shape[0])  # z ~ q(z | x)
+        return diffusion_loss(network, schedule, x0, labels, config.prediction, config.weighting,
                               config.learned_variance, config.vlb_weight, config.sigmoid_bias)  # fmt: skip
 
     trainer.add_update("train", optimizer, loss_fn, [name])
     classes = train_data.num_classes if config.class_conditional else 0
-    fixed_noise = torch.randn((64, *train_data.shape), generator=torch.Generator().manual_seed(0))
+    fixed_noise = torch.randn((64, *(latent_shape or train_data.shape)), generator=torch.Generator().manual_seed(0))
 
     def sample_fn(trainer: Trainer) -> torch.Tensor:
         model = trainer.eval_model(name)
-        denoiser = Denoiser(model, schedule, config.prediction, config.learned_variance, clip_x0=True)
+        # x0 is clipped to the data's [-1, 1]; latents have no such bound
+        denoiser = Denoiser(model, schedule, config.prediction, config.learned_variance, clip_x0=latent_shape is None)
         x_T = fixed_noise.to(trainer.device)
         samples = DDIMSampler(schedule, config.sample_steps).sample(denoiser, x_T, grid_labels(64, classes, x_T.device))
+        if first_stage is not None:
+            samples = first_stage.decode(samples / record["scale_factor"])  # D(z_0 / s)
         return to_unit(samples.clamp(-1, 1), VALUE_RANGE)
 
     def eval_fn(trainer: Trainer) -> dict[str, float]:
