@@ -110,7 +110,8 @@ class DiffusionRun:
         self.config, self.run = config, run
         trained = run.train_config
         self.schedule: NoiseSchedule = schedule_of(trained)
-        self.network: UNet = run.model
+        # 07's UNet or 09's DiT: both configs name image_channels, image_size, num_classes and learned_variance
+        self.network: Any = run.model
         self.num_classes = self.network.config.num_classes
         self.learned_variance = self.network.config.learned_variance
         self.prediction = trained.get("prediction", "eps")
@@ -284,9 +285,11 @@ def likelihoods(diffusion: DiffusionRun) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def sample(config: DiffusionSampleConfig) -> dict[str, Path]:
-    """Write the grids (and the npz, GIF, likelihoods); returns their paths by name."""
-    run = open_run(config, UNet, "unet", PROJECT)
+def sample(config: DiffusionSampleConfig, model_class: type = UNet, name: str = "unet", project: str = PROJECT
+           ) -> dict[str, Path]:  # fmt: skip
+    """Write the grids (and the npz, GIF, likelihoods); returns their paths by name. ``model_class``, ``name`` and
+    ``project``: the network of the run (07's U-Net by default; 09 passes its DiT)."""
+    run = open_run(config, model_class, name, project)
     diffusion = DiffusionRun(config, run)
     nrow = diffusion.num_classes or None
     run.save_grid((diffusion.draw(config.count, 0, config.guidance_scale) + 1) / 2, "samples.png", nrow=nrow)

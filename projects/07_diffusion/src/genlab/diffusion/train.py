@@ -44,17 +44,9 @@ EVAL_TIMESTEPS = (10, 100, 250, 500, 750, 990)  # fixed timesteps at which the t
 
 
 @dataclass
-class DiffusionTrainConfig(TrainConfig):
-    """Train a diffusion model (Ho et al. 2020) or a noise-conditional classifier (Dhariwal & Nichol 2021)."""
+class DiffusionConfig(TrainConfig):
+    """What every diffusion network trains with, whatever the network: 07's U-Net here, 09's DiT."""
 
-    model: Literal["unet", "classifier"] = option("unet", "the denoising U-Net, or a classifier of x_t for guidance")
-    size: str = option("mnist-small", f"named U-Net size ({', '.join(SIZES)})")
-    base_channels: int | None = option(None, "override the size's base width")
-    channel_multipliers: tuple[int, ...] = option((), "override the size's width multipliers, one level each")
-    attention_resolutions: tuple[int, ...] = option(
-        (), "override the sides with self-attention (latent runs: default the U-Net's lowest side)"
-    )
-    dropout: float | None = option(None, "override the size's dropout")
     first_stage: str = option(
         "",
         "latent diffusion: an autoencoder run of vae-train (with --latent-channels) or vqvae-train, frozen; "
@@ -94,12 +86,29 @@ class DiffusionTrainConfig(TrainConfig):
         super().validate()
         require_at_least(self, ("timesteps", "sample_steps", "eval_images"))
         require_at_least(self, ("label_dropout", "vlb_weight"), at_least=0)
-        if self.model == "unet" and self.size not in SIZES:
-            raise GenlabError(f"unknown --size {self.size!r}; known: {', '.join(SIZES)}")
         if self.label_dropout >= 1:
             raise GenlabError(f"--label-dropout must be below 1, got {self.label_dropout}")
         if self.sample_steps > self.timesteps:
             raise GenlabError(f"--sample-steps {self.sample_steps} exceeds --timesteps {self.timesteps}")
+
+
+@dataclass
+class DiffusionTrainConfig(DiffusionConfig):
+    """Train a diffusion model (Ho et al. 2020) or a noise-conditional classifier (Dhariwal & Nichol 2021)."""
+
+    model: Literal["unet", "classifier"] = option("unet", "the denoising U-Net, or a classifier of x_t for guidance")
+    size: str = option("mnist-small", f"named U-Net size ({', '.join(SIZES)})")
+    base_channels: int | None = option(None, "override the size's base width")
+    channel_multipliers: tuple[int, ...] = option((), "override the size's width multipliers, one level each")
+    attention_resolutions: tuple[int, ...] = option(
+        (), "override the sides with self-attention (latent runs: default the U-Net's lowest side)"
+    )
+    dropout: float | None = option(None, "override the size's dropout")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.model == "unet" and self.size not in SIZES:
+            raise GenlabError(f"unknown --size {self.size!r}; known: {', '.join(SIZES)}")
         if self.model == "classifier" and self.learned_variance:
             raise GenlabError("--model classifier takes no --learned-variance")
         if self.model == "classifier" and self.first_stage:
@@ -116,21 +125,22 @@ PRESETS = {"paper": {"size": "cifar-ddpm", "class_conditional": False, "batch_si
                      "log_every": 500}}  # fmt: skip
 
 
-def load_split(config: dict[str, Any] | DiffusionTrainConfig, split: str, data_dir: str = "") -> ImageDataset:
+def load_split(config: dict[str, Any] | DiffusionConfig, split: str, data_dir: str = "") -> ImageDataset:
     get = config.get if isinstance(config, dict) else config.__getattribute__
     return load_dataset(get("dataset"), split, data_dir=data_dir or get("data_dir") or None,
                         value_range=VALUE_RANGE, image_size=get("image_size"))  # fmt: skip
 
 
-def schedule_of(config: dict[str, Any] | DiffusionTrainConfig) -> NoiseSchedule:
+def schedule_of(config: dict[str, Any] | DiffusionConfig) -> NoiseSchedule:
     """The run's noise schedule, rebuilt from its config (it has no weights: name and T say everything)."""
     get = config.get if isinstance(config, dict) else config.__getattribute__
     return make_schedule(get("schedule"), get("timesteps"))
 
 
 def build_network(config: DiffusionTrainConfig, data: ImageDataset, shape: tuple[int, int, int] | None = None
-                  ) -> tuple[torch.nn.Module, dict[str, Any]]:  # fmt: skip
-    """The U-Net (or classifier) for samples of ``shape`` (C, H, W): the data's, or a first stage's latent shape."""
+                  ) -> tuple[torch.nn.Module, dict[str, Any], str]:  # fmt: skip
+    """The U-Net (or classifier) for samples of ``shape`` (C, H, W): the data's, or a first stage's latent shape;
+    with what config.json records of it and its name in the checkpoint."""
     C, H, W = shape or data.shape
     what = "latents" if shape else "images"
     if H != W:
@@ -152,14 +162,14 @@ def build_network(config: DiffusionTrainConfig, data: ImageDataset, shape: tuple
         if config.model == "classifier":
             architecture = ClassifierConfig(image_channels=C, image_size=H, num_classes=data.num_classes,
                                             **overrides)  # fmt: skip
-            return NoisyClassifier(architecture), {"classifier": architecture}
+            return NoisyClassifier(architecture), {"classifier": architecture}, "classifier"
         architecture = unet_config(
             config.size, image_channels=C, image_size=H, learned_variance=config.learned_variance,
             num_classes=data.num_classes if config.class_conditional else 0, **overrides,
         )  # fmt: skip
     except ValueError as error:
         raise GenlabError(f"--size {config.size} on {config.dataset}'s {C}x{H}x{W} {what}: {error}") from None
-    return UNet(architecture), {"model": architecture}
+    return UNet(architecture), {"model": architecture}, "unet"
 
 
 @torch.no_grad()
@@ -185,7 +195,7 @@ def mean_at_eval_timesteps(data: ImageDataset, max_images: int, num_timesteps: i
     return {step: total / count for step, total in totals.items()}
 
 
-def test_losses(network: torch.nn.Module, schedule: NoiseSchedule, config: DiffusionTrainConfig,
+def test_losses(network: torch.nn.Module, schedule: NoiseSchedule, config: DiffusionConfig,
                 data: ImageDataset) -> dict[str, float]:  # fmt: skip
     """L_simple's mean squared error (of the run's prediction target) on the first ``eval_images`` test images at
     each of EVAL_TIMESTEPS, whatever the training weighting, with the same noise at every call."""
@@ -205,8 +215,13 @@ def grid_labels(count: int, num_classes: int, device: torch.device) -> torch.Ten
     return torch.arange(count, device=device) % num_classes if num_classes else None
 
 
-def train(config: DiffusionTrainConfig) -> dict[str, float]:
-    """Train as ``config`` says; returns the last logged values and the final test measurements."""
+# (config, training data, latent shape or None) -> (network, what config.json records of it, its checkpoint name)
+NetworkBuilder = Callable[[Any, ImageDataset, "tuple[int, int, int] | None"], tuple[torch.nn.Module, dict, str]]
+
+
+def train(config: DiffusionConfig, build: NetworkBuilder = build_network, project: str = PROJECT) -> dict[str, float]:
+    """Train as ``config`` says; returns the last logged values and the final test measurements. ``build`` makes the
+    network (07's U-Net or classifier by default; 09 passes its DiT) and ``project`` names the runs."""
     train_data, test_data = load_split(config, "train"), load_split(config, "test")
     schedule = schedule_of(config)
     first_stage, latent_shape = None, None
@@ -220,15 +235,14 @@ def train(config: DiffusionTrainConfig) -> dict[str, float]:
             f"first stage {record['kind']} {config.first_stage}: latents {latent_shape}, scale factor "
             f"{record['scale_factor']:.4f}"
         )
-    network, extra = build_network(config, train_data, latent_shape)
+    network, extra, name = build(config, train_data, latent_shape)
     if first_stage is not None:
         extra["first_stage"] = record
-    trainer = Trainer(config, PROJECT, extra)
-    name = "classifier" if config.model == "classifier" else "unet"
+    trainer = Trainer(config, project, extra)
     network = trainer.add_model(name, network)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
 
-    if config.model == "classifier":
+    if name == "classifier":
 
         def classifier_loss(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             t = torch.randint(0, config.timesteps, (len(batch.images),), device=batch.images.device)

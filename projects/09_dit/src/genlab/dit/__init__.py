@@ -1,0 +1,1 @@
+"""The Diffusion Transformer (projects/09_dit)."""
