@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 
+from genlab.core.checkpoint import resolve_device
 from genlab.core.config import option, parse_config
 from genlab.core.data import convert_range, load_dataset
 from genlab.core.errors import GenlabError, exit_on_user_error
@@ -44,22 +45,30 @@ class BenchmarkSpec:
 
 
 @dataclass
-class BenchConfig:
-    """Time the core training loop against a plain PyTorch loop on the same model, data and optimizer."""
+class TimingConfig:
+    """The flags of every benchmark here and in the projects (genlab-bench, diffusion-bench, dit-bench, gpt-bench):
+    alternating timed measurements, each after untimed warm-up steps, on a device, with a JSON copy."""
 
-    project: str = option("vae", "project to benchmark (one registered under the genlab.bench entry points)")
-    dataset: str = option("", "data set (default: the project's)")
     data_dir: str = option("", "data root (default: $GENLAB_DATA, else ~/.cache/genlab/data)")
     steps: int = option(300, "timed steps per measurement")
     warmup: int = option(30, "untimed steps before each measurement")
-    repeats: int = option(3, "measurements per loop, alternating; the median is reported")
+    repeats: int = option(3, "measurements per contestant, alternating; the median is reported")
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "device")
     seed: int = option(0, "seed")
-    output: str = option("", "also write the result as JSON to this file")
+    output: str = option("", "also write the results as JSON to this file")
 
     def validate(self) -> None:
         if self.steps <= 0 or self.warmup <= 0 or self.repeats <= 0:
             raise GenlabError("--steps, --warmup and --repeats must be positive")
+        resolve_device(self.device)
+
+
+@dataclass
+class BenchConfig(TimingConfig):
+    """Time the core training loop against a plain PyTorch loop on the same model, data and optimizer."""
+
+    project: str = option("vae", "project to benchmark (one registered under the genlab.bench entry points)")
+    dataset: str = option("", "data set (default: the project's)")
 
 
 def registered_specs() -> dict[str, Callable[[], BenchmarkSpec]]:

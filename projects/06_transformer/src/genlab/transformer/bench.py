@@ -18,12 +18,18 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from genlab.core.bench import BenchConfig, BenchmarkSpec, matmul_flops_per_second, synchronize, time_core_loop
+from genlab.core.bench import (
+    BenchConfig,
+    BenchmarkSpec,
+    TimingConfig,
+    matmul_flops_per_second,
+    synchronize,
+    time_core_loop,
+)
 from genlab.core.checkpoint import resolve_device
 from genlab.core.config import option
 from genlab.core.data import SequenceDataset, data_root, load_text
@@ -36,11 +42,10 @@ from genlab.transformer.train import adamw_on_matrices, next_token_loss
 
 
 @dataclass
-class GPTBenchConfig:
+class GPTBenchConfig(TimingConfig):
     """Training tokens/s of our GPT and of GPT2LMHeadModel, sampling tokens/s with and without the cache."""
 
     text: str = option("", "UTF-8 text file (default: <data root>/shakespeare/input.txt)")
-    data_dir: str = option("", "data root (default: $GENLAB_DATA)")
     n_layer: int = option(4, "transformer blocks")
     n_head: int = option(4, "attention heads")
     n_embd: int = option(128, "width")
@@ -48,15 +53,11 @@ class GPTBenchConfig:
     batch_size: int = option(12, "sequences per training step")
     steps: int = option(100, "timed training steps per measurement")
     warmup: int = option(20, "untimed steps before each measurement")
-    repeats: int = option(3, "measurements per network, alternating; the median is reported")
     sample_batch: int = option(1, "sequences sampled at once")
-    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "device")
-    seed: int = option(0, "seed")
-    output: str = option("", "also write the results as JSON to this file")
 
     def validate(self) -> None:
-        require_at_least(self, ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "steps", "warmup",
-                                "repeats", "sample_batch"))  # fmt: skip
+        super().validate()
+        require_at_least(self, ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "sample_batch"))
         if self.n_embd % self.n_head:
             raise GenlabError(f"--n-embd {self.n_embd} must be a multiple of --n-head {self.n_head}")
 

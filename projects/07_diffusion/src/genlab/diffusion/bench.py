@@ -19,12 +19,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from genlab.core.bench import BenchConfig, BenchmarkSpec, synchronize, time_core_loop
+from genlab.core.bench import BenchConfig, BenchmarkSpec, TimingConfig, synchronize, time_core_loop
 from genlab.core.checkpoint import resolve_device
 from genlab.core.config import option
 from genlab.core.errors import GenlabError
@@ -38,27 +37,22 @@ from genlab.diffusion.train import load_split
 
 
 @dataclass
-class DiffusionBenchConfig:
+class DiffusionBenchConfig(TimingConfig):
     """Training and sampling images/s of our U-Net and of diffusers' UNet2DModel at the same layout."""
 
     size: str = option("mnist-small", f"named U-Net size ({', '.join(SIZES)})")
     dataset: str = option("mnist", "data set")
-    data_dir: str = option("", "data root (default: $GENLAB_DATA)")
     batch_size: int = option(64, "images per training step")
     steps: int = option(20, "timed training steps per measurement")
     warmup: int = option(5, "untimed steps before each measurement")
-    repeats: int = option(3, "measurements per contestant, alternating; the median is reported")
     sample_steps: int = option(50, "DDIM steps of the sampling measurement")
     sample_batch: int = option(64, "images per sampling measurement")
-    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "device")
-    seed: int = option(0, "seed")
-    output: str = option("", "also write the results as JSON to this file")
 
     def validate(self) -> None:
-        require_at_least(self, ("batch_size", "steps", "warmup", "repeats", "sample_steps", "sample_batch"))
+        super().validate()
+        require_at_least(self, ("batch_size", "sample_steps", "sample_batch"))
         if self.size not in SIZES:
             raise GenlabError(f"unknown --size {self.size!r}; known: {', '.join(SIZES)}")
-        resolve_device(self.device)
 
 
 def peer_unet(config: UNetConfig):

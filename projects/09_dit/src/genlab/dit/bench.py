@@ -18,12 +18,11 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from genlab.core.bench import matmul_flops_per_second
+from genlab.core.bench import TimingConfig, matmul_flops_per_second
 from genlab.core.checkpoint import resolve_device
 from genlab.core.config import option
 from genlab.core.errors import GenlabError
@@ -35,27 +34,22 @@ from genlab.dit.model import DiT, DiTConfig, dit_config, forward_gflops
 
 
 @dataclass
-class DiTBenchConfig:
+class DiTBenchConfig(TimingConfig):
     """Training images/s of our DiT and of diffusers' DiTTransformer2DModel; FLOPs and MFU."""
 
     size: str = option("XS/4", "a DiT size and patch size, e.g. XS/4 or S/2")
     dataset: str = option("mnist", "data set")
-    data_dir: str = option("", "data root (default: $GENLAB_DATA)")
     batch_size: int = option(64, "images per training step")
     steps: int = option(20, "timed training steps per measurement")
     warmup: int = option(5, "untimed steps before each measurement")
-    repeats: int = option(3, "measurements per contestant, alternating; the median is reported")
-    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "device")
-    seed: int = option(0, "seed")
-    output: str = option("", "also write the results as JSON to this file")
 
     def validate(self) -> None:
-        require_at_least(self, ("batch_size", "steps", "warmup", "repeats"))
+        super().validate()
+        require_at_least(self, ("batch_size",))
         try:
             dit_config(self.size)
         except ValueError as error:
             raise GenlabError(f"--size: {error}") from None
-        resolve_device(self.device)
 
 
 def peer_dit(config: DiTConfig):
