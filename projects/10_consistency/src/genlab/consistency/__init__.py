@@ -1,0 +1,1 @@
+"""Rectified flow, flow matching and consistency models (projects/10_consistency)."""
