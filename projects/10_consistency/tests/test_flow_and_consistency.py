@@ -26,6 +26,7 @@ from genlab.consistency.flow import (
     straightness,
     velocity_loss,
 )
+from genlab.consistency.meanflow import meanflow_loss, meanflow_target, one_step_sample, sample_interval
 from genlab.consistency.samplers import FlowSampler
 
 MEAN, STD = torch.tensor([2.0, -1.0]), 0.5
@@ -219,3 +220,62 @@ def test_heun_is_second_order_where_euler_is_first() -> None:
         heun_errors.append((heun(x, sigma, sigma - h) - target).abs().max().item())
     # local errors go as h^3 and h^2 (measured: ratios 9.9 and 4.5)
     assert heun_errors[0] / heun_errors[1] > 7 and euler_errors[0] / euler_errors[1] < 5.5
+
+
+def test_the_meanflow_target_is_the_instantaneous_velocity_when_the_interval_is_empty() -> None:
+    """s = t: the (t - s) d/dt u term vanishes, whatever the network: the target is v, flow matching's."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+
+    def u(z: torch.Tensor, s: torch.Tensor, t: torch.Tensor, _c=None) -> torch.Tensor:
+        return torch.tanh(net(torch.cat([z, s[:, None], t[:, None]], dim=1)))
+
+    z, v, t = torch.randn(8, 2), torch.randn(8, 2), torch.rand(8)
+    _, target = meanflow_target(u, z, v, t, t)
+    assert torch.equal(target, v)
+    _, target = meanflow_target(u, z, v, t * 0.5, t)
+    assert not torch.allclose(target, v)
+
+
+def test_the_meanflow_loss_is_zero_for_the_exact_average_velocity_of_straight_paths() -> None:
+    """X_1 = 2 X_0 + 0.5: along each straight path at constant speed the average velocity over any interval is the
+    velocity itself, u(z, s, t) = v*(z, s) at the state z at time s; its total derivative along the path is 0, and
+    the target is X_1 - X_0. One step of it is the data."""
+    exact = affine_coupling_velocity(2.0, 0.5)
+
+    def u(z: torch.Tensor, s: torch.Tensor, t: torch.Tensor, _c=None) -> torch.Tensor:
+        return exact(z, s)
+
+    x0 = torch.randn(64, 2)
+    s, t = sample_interval(64, different_fraction=1.0, generator=torch.Generator().manual_seed(0))
+    assert (s < t).all()
+    loss, _ = meanflow_loss(u, x0, 2.0 * x0 + 0.5, s, t)
+    assert loss.item() < 1e-10
+    assert torch.allclose(one_step_sample(u, x0), 2.0 * x0 + 0.5, atol=1e-5)
+    curved = gaussian_velocity(MEAN, STD)  # the instantaneous velocity is not the average on curved paths
+    loss, _ = meanflow_loss(lambda z, s_, t_, c=None: curved(z, s_), x0, MEAN + STD * torch.randn(64, 2), s, t)
+    assert loss.item() > 0.01
+
+
+def test_the_exact_average_velocity_of_a_curved_flow_satisfies_the_meanflow_identity() -> None:
+    """On the Gaussian flow, u*(z_s, s, t) = (z_t - z_s) / (t - s) by integrating v* from s to t. With the marginal
+    velocity v*(z_s, s) in place of the conditional one (its expectation given z_s), the MeanFlow target of u* is
+    u* itself: u = v + (t - s) d/ds u."""
+    velocity = gaussian_velocity(MEAN, STD)
+
+    def exact_average(z: torch.Tensor, s: torch.Tensor, t: torch.Tensor, _c=None) -> torch.Tensor:
+        state, steps = z, 200
+        for i in range(steps):  # Heun from s to t, per example
+            a = s + (t - s) * i / steps
+            b = s + (t - s) * (i + 1) / steps
+            h = (b - a)[:, None]
+            slope = velocity(state, a)
+            state = state + 0.5 * h * (slope + velocity(state + h * slope, b))
+        return (state - z) / (t - s)[:, None]
+
+    generator = torch.Generator().manual_seed(0)
+    s, t = torch.full((32,), 0.2), torch.full((32,), 0.7)
+    z_s = interpolate(torch.randn(32, 2, generator=generator), MEAN + STD * torch.randn(32, 2, generator=generator), s)
+    value, target = meanflow_target(exact_average, z_s, velocity(z_s, s), s, t)
+    assert torch.allclose(target, value, atol=1e-3)
+    assert not torch.allclose(value, velocity(z_s, s), atol=1e-2)  # curved: the average is not the velocity at s

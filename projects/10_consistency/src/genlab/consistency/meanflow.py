@@ -1,0 +1,71 @@
+"""MeanFlow (Geng, Deng, Bai, Kolter & He 2025, "Mean Flows for One-step Generative Modeling"): learn the average
+velocity over an interval instead of the instantaneous one, so that one evaluation covers the whole path.
+
+In flow.py's convention (noise at t = 0, data at t = 1, X_t = t X_1 + (1 - t) X_0, v = X_1 - X_0) sampling moves
+forward in time, so the average velocity is indexed by the state at the start s of the interval [s, t]:
+
+    u(z_s, s, t) = 1 / (t - s) int_s^t v(z_tau, tau) d tau,        so that  z_t = z_s + (t - s) u(z_s, s, t)
+
+and one step from noise is X_1 = X_0 + u(X_0, 0, 1). Differentiating (t - s) u(z_s, s, t) = int_s^t v in s gives
+the MeanFlow identity (their eq. 6, written for our direction of time: they start from noise at t = 1 and step
+down to r, so their sign of the correction is the opposite)
+
+    u(z_s, s, t) = v(z_s, s) + (t - s) d/ds u(z_s, s, t),      d/ds u = v . grad_z u + d_s u
+
+a target for u that needs only v and one Jacobian-vector product of the network along (v, 1, 0) (torch.func.jvp);
+v is replaced by the conditional velocity X_1 - X_0, as in flow matching, and the target's gradient is stopped:
+
+    L = || u_theta(z_s, s, t) - sg(v + (t - s) (v . grad_z u_theta + d_s u_theta)) ||^2
+
+When s = t the target is v itself: the loss is flow matching's. The paper draws the interval with s != t for a
+fraction of the batch (25% in its best setting) and s = t for the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from genlab.consistency.flow import expand_like, interpolate
+
+Tensor = torch.Tensor
+# u(z, s, t, condition) -> the average velocity from s to t of the trajectory through z at time s; z (B, ...), s, t (B,)
+AverageVelocityFn = Callable[[Tensor, Tensor, Tensor, Any], Tensor]
+
+
+def meanflow_target(average_velocity: AverageVelocityFn, z_s: Tensor, v: Tensor, s: Tensor, t: Tensor,
+                    condition: Any = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(u_theta(z_s, s, t), the MeanFlow target v + (t - s) d/ds u_theta), the total derivative by one JVP along the
+    tangent (dz, ds, dt) = (v, 1, 0): the start of the interval moving along the trajectory."""
+
+    def u(z: Tensor, start: Tensor, end: Tensor) -> Tensor:
+        return average_velocity(z, start, end, condition)
+
+    value, total_derivative = torch.func.jvp(u, (z_s, s, t), (v, torch.ones_like(s), torch.zeros_like(t)))
+    return value, v + expand_like(t - s, v) * total_derivative
+
+
+def meanflow_loss(average_velocity: AverageVelocityFn, x0: Tensor, x1: Tensor, s: Tensor, t: Tensor,
+                  condition: Any = None) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+    """|| u_theta(z_s, s, t) - sg(target) ||^2 at z_s = s x1 + (1 - s) x0, v = x1 - x0, for s <= t (B,)."""
+    value, target = meanflow_target(average_velocity, interpolate(x0, x1, s), x1 - x0, s, t, condition)
+    loss = (value - target.detach()).square().mean()
+    return loss, {"meanflow_mse": loss.detach()}
+
+
+def sample_interval(count: int, different_fraction: float = 0.25, generator: torch.Generator | None = None,
+                    device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(s, t) with s <= t: two uniform times sorted, and for the other 1 - ``different_fraction`` of the batch s = t."""
+    times = torch.rand(count, 2, generator=generator).sort(dim=1).values
+    s, t = times[:, 0], times[:, 1]
+    same = torch.rand(count, generator=generator) >= different_fraction
+    return torch.where(same, t, s).to(device), t.to(device)
+
+
+@torch.no_grad()
+def one_step_sample(average_velocity: AverageVelocityFn, x0: Tensor, condition: Any = None) -> Tensor:
+    """X_1 = X_0 + u(X_0, 0, 1): one network evaluation from noise to data."""
+    zeros, ones = torch.zeros(len(x0), device=x0.device), torch.ones(len(x0), device=x0.device)
+    return x0 + average_velocity(x0, zeros, ones, condition)
