@@ -26,7 +26,7 @@ from genlab.consistency.flow import (
     straightness,
     velocity_loss,
 )
-from genlab.consistency.meanflow import meanflow_loss, meanflow_target, one_step_sample, sample_interval
+from genlab.consistency.meanflow import meanflow_loss, meanflow_sample, meanflow_target, sample_interval
 from genlab.consistency.samplers import FlowSampler
 
 MEAN, STD = torch.tensor([2.0, -1.0]), 0.5
@@ -251,7 +251,7 @@ def test_the_meanflow_loss_is_zero_for_the_exact_average_velocity_of_straight_pa
     assert (s < t).all()
     loss, _ = meanflow_loss(u, x0, 2.0 * x0 + 0.5, s, t)
     assert loss.item() < 1e-10
-    assert torch.allclose(one_step_sample(u, x0), 2.0 * x0 + 0.5, atol=1e-5)
+    assert torch.allclose(meanflow_sample(u, x0), 2.0 * x0 + 0.5, atol=1e-5)
     curved = gaussian_velocity(MEAN, STD)  # the instantaneous velocity is not the average on curved paths
     loss, _ = meanflow_loss(lambda z, s_, t_, c=None: curved(z, s_), x0, MEAN + STD * torch.randn(64, 2), s, t)
     assert loss.item() > 0.01

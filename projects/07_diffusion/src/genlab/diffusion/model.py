@@ -473,11 +473,16 @@ class UNet(nn.Module, PyTorchModelHubMixin):
         )
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor | float, class_labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """x (B, C_img, H, W), t (B,) or scalar, class_labels (B,) long or None -> (B, C_img or 2 C_img, H, W)."""
+        self, x: torch.Tensor, t: torch.Tensor | float, class_labels: torch.Tensor | None = None,
+        extra_embedding: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """x (B, C_img, H, W), t (B,) or scalar, class_labels (B,) long or None -> (B, C_img or 2 C_img, H, W).
+        ``extra_embedding`` (B, 4C) is added to the time embedding: a later paper's second condition (MeanFlow's
+        interval length) enters the blocks the way t does."""
         B = x.shape[0]
         emb = self.time_embed(timesteps_for(t, B, x.device))  # (B, 4C)
+        if extra_embedding is not None:
+            emb = emb + extra_embedding
         if self.label_embed is None:
             if class_labels is not None:
                 raise ValueError("this U-Net is unconditional (num_classes=0) but class_labels were given")

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from genlab.consistency.flow import expand_like, interpolate
+from genlab.consistency.flow import expand_like, interpolate, sample_time
 
 Tensor = torch.Tensor
 # u(z, s, t, condition) -> the average velocity from s to t of the trajectory through z at time s; z (B, ...), s, t (B,)
@@ -48,24 +48,41 @@ def meanflow_target(average_velocity: AverageVelocityFn, z_s: Tensor, v: Tensor,
 
 
 def meanflow_loss(average_velocity: AverageVelocityFn, x0: Tensor, x1: Tensor, s: Tensor, t: Tensor,
-                  condition: Any = None) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
-    """|| u_theta(z_s, s, t) - sg(target) ||^2 at z_s = s x1 + (1 - s) x0, v = x1 - x0, for s <= t (B,)."""
+                  condition: Any = None, adaptive_power: float = 0.0, adaptive_offset: float = 1e-3
+                  ) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+    """|| u_theta(z_s, s, t) - sg(target) ||^2 at z_s = s x1 + (1 - s) x0, v = x1 - x0, for s <= t (B,).
+
+    ``adaptive_power`` p > 0 is the paper's adaptive weighting (Sec. 4.3): each example's squared error
+    ||Delta||^2 (summed over its elements) is weighted by sg(1 / (||Delta||^2 + c)^p), c = ``adaptive_offset``;
+    p = 1 (their default) makes the loss about the error's norm rather than its square. p = 0: the plain mean."""
     value, target = meanflow_target(average_velocity, interpolate(x0, x1, s), x1 - x0, s, t, condition)
-    loss = (value - target.detach()).square().mean()
-    return loss, {"meanflow_mse": loss.detach()}
+    error = (value - target.detach()).square()
+    mse = error.mean()
+    if adaptive_power == 0:
+        return mse, {"meanflow_mse": mse.detach()}
+    per_example = error.flatten(1).sum(1)  # ||Delta||^2, (B,)
+    weight = (per_example.detach() + adaptive_offset).pow(-adaptive_power)
+    return (weight * per_example).mean(), {"meanflow_mse": mse.detach()}
 
 
-def sample_interval(count: int, different_fraction: float = 0.25, generator: torch.Generator | None = None,
+def sample_interval(count: int, different_fraction: float = 0.25, distribution: str = "uniform",
+                    location: float = 0.0, scale: float = 1.0, generator: torch.Generator | None = None,
                     device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:  # fmt: skip
-    """(s, t) with s <= t: two uniform times sorted, and for the other 1 - ``different_fraction`` of the batch s = t."""
-    times = torch.rand(count, 2, generator=generator).sort(dim=1).values
+    """(s, t) with s <= t: two times drawn from ``distribution`` (flow.py's sample_time) and sorted, and for the
+    other 1 - ``different_fraction`` of the batch s = t (the paper: 25% distinct, logit-normal(-0.4, 1.0))."""
+    times = sample_time(2 * count, distribution, location, scale, generator).reshape(count, 2).sort(dim=1).values
     s, t = times[:, 0], times[:, 1]
     same = torch.rand(count, generator=generator) >= different_fraction
     return torch.where(same, t, s).to(device), t.to(device)
 
 
 @torch.no_grad()
-def one_step_sample(average_velocity: AverageVelocityFn, x0: Tensor, condition: Any = None) -> Tensor:
-    """X_1 = X_0 + u(X_0, 0, 1): one network evaluation from noise to data."""
-    zeros, ones = torch.zeros(len(x0), device=x0.device), torch.ones(len(x0), device=x0.device)
-    return x0 + average_velocity(x0, zeros, ones, condition)
+def meanflow_sample(average_velocity: AverageVelocityFn, x0: Tensor, steps: int = 1, condition: Any = None) -> Tensor:
+    """z_{k+1} = z_k + (t_{k+1} - t_k) u(z_k, t_k, t_{k+1}) on the uniform grid of ``steps`` intervals of [0, 1]:
+    one network evaluation per step; one step is X_1 = X_0 + u(X_0, 0, 1)."""
+    z = x0
+    for k in range(steps):
+        s = torch.full((len(x0),), k / steps, device=x0.device)
+        t = torch.full((len(x0),), (k + 1) / steps, device=x0.device)
+        z = z + (1 / steps) * average_velocity(z, s, t, condition)
+    return z

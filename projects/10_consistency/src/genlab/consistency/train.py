@@ -6,8 +6,11 @@ uv run fm-train --time-distribution logit-normal              # Esser et al.'s t
 uv run fm-sample --run R --couplings 20000                    # (noise, its ODE end) pairs of the trained flow
 uv run fm-train --couplings R/samples/couplings.safetensors   # the 2-rectified flow on them (reflow)
 uv run fm-train --couplings <file> --distill                  # one-step distillation of the couplings
+uv run fm-train --coupling ot                                 # minibatch OT couplings (Tong et al. 2024)
+uv run fm-train --objective meanflow                          # MeanFlow's average velocity, one-step sampling
 
-The network is 07's U-Net, called with 1000 t as its timestep; classifier-free guidance is 07's, at sampling.
+The network is 07's U-Net, called with 1000 t as its timestep (MeanFlow's adds the interval, networks.py);
+classifier-free guidance is 07's, at sampling.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from genlab.consistency.couplings import ot_couple
 from genlab.consistency.flow import distillation_loss, sample_time, velocity_loss
+from genlab.consistency.meanflow import meanflow_loss, meanflow_sample, sample_interval
+from genlab.consistency.networks import IntervalUNet, velocity_of
 from genlab.consistency.samplers import FlowSampler
 from genlab.core.config import option
 from genlab.core.data import ImageDataset, iterate_batches
@@ -33,7 +39,6 @@ from genlab.diffusion.train import VALUE_RANGE, load_split
 
 PROJECT = "flow"
 EVAL_TIMES = (0.1, 0.5, 0.9)  # where the test velocity loss is reported
-TIME_SCALE = 1000.0  # the U-Net's timestep is 1000 t, the range its sinusoidal embedding was designed for
 
 
 @dataclass
@@ -46,6 +51,11 @@ class FlowTrainConfig(TrainConfig):
     time_distribution: Literal["uniform", "logit-normal"] = option("uniform", "how t is drawn (flow.py)")
     time_location: float = option(0.0, "logit-normal: m of t = sigmoid(m + s n)")
     time_scale: float = option(1.0, "logit-normal: s of t = sigmoid(m + s n)")
+    objective: Literal["velocity", "meanflow"] = option("velocity", "v of the straight path, or MeanFlow's average u")
+    meanflow_fraction: float = option(0.25, "meanflow: the fraction of the batch with s != t (the paper: 25%)")
+    adaptive_power: float = option(1.0, "meanflow: p of the adaptive loss weight 1 / (||Delta||^2 + c)^p (0: none)")
+    coupling: Literal["independent", "ot"] = option("independent", "pair noise and data independently or by "
+                                                    "exact minibatch optimal transport (couplings.py)")  # fmt: skip
     couplings: str = option("", "a couplings file of fm-sample: train on its (X_0, Z_1) pairs (reflow)")
     distill: bool = option(False, "with --couplings: fit the one-step map X_0 -> Z_1 (distillation)")
     steps: int = option(1_400, "optimizer steps (about 20 minutes of a 2-core CPU at the defaults, as 07)")
@@ -55,7 +65,7 @@ class FlowTrainConfig(TrainConfig):
     grad_clip: float = option(1.0, "clip the gradient norm")
     ema_decay: float = option(0.995, "EMA decay of the weights sampled from")
     ema_warmup: bool = option(True, "ramp the EMA decay up from 0")
-    sample_every: int = option(500, "write a grid of Euler samples every N steps")
+    sample_every: int = option(500, "write a grid of Euler samples (MeanFlow: one-step) every N steps")
     eval_every: int = option(500, "test velocity loss every N steps")
     sample_steps: int = option(20, "Euler steps of the grids written during training")
     eval_images: int = option(500, "test images for the velocity loss")
@@ -72,15 +82,12 @@ class FlowTrainConfig(TrainConfig):
             raise GenlabError(f"--label-dropout must be below 1, got {self.label_dropout}")
         if self.distill and not self.couplings:
             raise GenlabError("--distill fits a flow's couplings: give them with --couplings")
-
-
-def velocity_of(network: torch.nn.Module) -> Any:
-    """07's U-Net as a velocity field v(x_t, t, labels), t in [0, 1]."""
-
-    def velocity(x: torch.Tensor, t: torch.Tensor, labels: Any = None) -> torch.Tensor:
-        return network(x, TIME_SCALE * t, labels)
-
-    return velocity
+        if self.coupling == "ot" and self.couplings:
+            raise GenlabError("--coupling ot pairs fresh noise with data; --couplings already fixes the pairs")
+        if self.objective == "meanflow" and (self.couplings or self.distill):
+            raise GenlabError("--objective meanflow trains on data and noise, without --couplings or --distill")
+        if not 0 <= self.meanflow_fraction <= 1 or self.adaptive_power < 0:
+            raise GenlabError("--meanflow-fraction must be in [0, 1] and --adaptive-power at least 0")
 
 
 def load_couplings(path: str) -> dict[str, torch.Tensor]:
@@ -94,9 +101,17 @@ def load_couplings(path: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def instantaneous_velocity_of(network: torch.nn.Module) -> Any:
+    """v(x, t) of either network: the U-Net's velocity, or MeanFlow's u over the empty interval, u(z, t, t) = v."""
+    if isinstance(network, IntervalUNet):
+        return lambda x, t, labels=None: network(x, t, t, labels)
+    return velocity_of(network)
+
+
 @torch.no_grad()
 def test_velocity_losses(velocity: Any, data: ImageDataset, max_images: int, conditional: bool) -> dict[str, float]:
-    """The velocity loss on the first ``max_images`` test images at each of EVAL_TIMES, the same noise each call."""
+    """The velocity loss on the first ``max_images`` test images at each of EVAL_TIMES, the same noise each call
+    (for MeanFlow, of u(z, t, t), the instantaneous velocity its identity reduces to)."""
     generator = torch.Generator().manual_seed(1234)
     totals, count = dict.fromkeys(EVAL_TIMES, 0.0), 0
     for batch in iterate_batches(data, 250):
@@ -133,8 +148,9 @@ def train(config: FlowTrainConfig) -> dict[str, float]:
     except ValueError as error:
         raise GenlabError(f"--size {config.size}: {error}") from None
     trainer = Trainer(config, PROJECT, {"model": architecture})
-    network = trainer.add_model("unet", UNet(architecture))
-    velocity = velocity_of(network)
+    meanflow = config.objective == "meanflow"
+    network = trainer.add_model("unet", IntervalUNet(architecture) if meanflow else UNet(architecture))
+    velocity = instantaneous_velocity_of(network)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
 
     def loss_fn(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -144,8 +160,14 @@ def train(config: FlowTrainConfig) -> dict[str, float]:
         else:
             x1 = batch.images
             x0 = torch.randn_like(x1)
+            if config.coupling == "ot":
+                x0 = ot_couple(x0, x1)
         if config.distill:
             return distillation_loss(velocity, x0, x1, labels)
+        if meanflow:
+            s, t = sample_interval(len(x1), config.meanflow_fraction, config.time_distribution, config.time_location,
+                                   config.time_scale, device=x1.device)  # fmt: skip
+            return meanflow_loss(network, x0, x1, s, t, labels, config.adaptive_power)
         t = sample_time(len(x1), config.time_distribution, config.time_location, config.time_scale,
                         device=x1.device)  # fmt: skip
         return velocity_loss(velocity, x0, x1, t, labels)
@@ -154,22 +176,26 @@ def train(config: FlowTrainConfig) -> dict[str, float]:
     fixed_noise = torch.randn((64, *shape), generator=torch.Generator().manual_seed(0))
 
     def sample_fn(trainer: Trainer) -> torch.Tensor:
-        model = velocity_of(trainer.eval_model("unet"))
+        model, noise = trainer.eval_model("unet"), fixed_noise.to(trainer.device)
         labels = torch.arange(64, device=trainer.device) % classes if classes else None
-        steps = 1 if config.distill else config.sample_steps
-        samples = FlowSampler(steps, "euler").sample(model, fixed_noise.to(trainer.device), labels)
+        if meanflow:
+            samples = meanflow_sample(model, noise, 1, labels)
+        else:
+            steps = 1 if config.distill else config.sample_steps
+            samples = FlowSampler(steps, "euler").sample(velocity_of(model), noise, labels)
         return to_unit(samples.clamp(-1, 1), VALUE_RANGE)
 
+    def test_losses(trainer: Trainer) -> dict[str, float]:
+        model = instantaneous_velocity_of(trainer.eval_model("unet"))
+        return test_velocity_losses(model, test_data.to(trainer.device), config.eval_images, bool(classes))
+
     def eval_fn(trainer: Trainer) -> dict[str, float]:
-        losses = test_velocity_losses(velocity_of(trainer.eval_model("unet")), test_data.to(trainer.device),
-                                      config.eval_images, bool(classes))  # fmt: skip
-        return {f"test_{k}": v for k, v in losses.items()}
+        return {f"test_{k}": v for k, v in test_losses(trainer).items()}
 
     results = trainer.fit(train_data, sample_fn=sample_fn, eval_fn=eval_fn)
     if trainer.accelerator.is_main_process:
-        final = {**test_velocity_losses(velocity_of(trainer.eval_model("unet")), test_data.to(trainer.device),
-                                        config.eval_images, bool(classes)),
-                 "step": trainer.step, "parameters": sum(p.numel() for p in network.parameters())}  # fmt: skip
+        parameters = sum(p.numel() for p in network.parameters())
+        final = {**test_losses(trainer), "step": trainer.step, "parameters": parameters}
         write_results(trainer.run_dir, final)
         print("test velocity MSE: " + ", ".join(f"t={t} {final[f'velocity_mse_t{t}']:.4f}" for t in EVAL_TIMES))
         results.update({f"final/{k}": v for k, v in final.items()})

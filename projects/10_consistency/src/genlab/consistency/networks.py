@@ -1,0 +1,65 @@
+"""07's U-Net as each of this project's functions: a velocity v(x, t), MeanFlow's average velocity u(z, s, t), the
+consistency models' F(x, sigma) and sCM's TrigFlow F(x / sigma_d, t). Only the way time enters changes.
+
+    v(x, t)          = U(x, 1000 t)                                  rectified flow, t in [0, 1]
+    u(z, s, t)       = U(z, 1000 s; + e(1000 (t - s)))               MeanFlow: a second embedding of the interval
+    F(x, sigma)      = U(x, 1000 * 0.25 log sigma)                   consistency models: EDM's c_noise, scaled
+    F(x / s_d, t)    = U(x / s_d, 1000 * 2 t / pi)                   TrigFlow, t in [0, pi / 2]
+
+The U-Net's sinusoidal embedding was designed for timesteps in [0, 1000), so every time is mapped into about
+that range. This file imports only torch and 07's model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from genlab.diffusion.model import TimestepEmbedding, UNet, UNetConfig
+
+Tensor = torch.Tensor
+TIME_SCALE = 1000.0
+
+
+def velocity_of(network: torch.nn.Module) -> Any:
+    """07's U-Net as a velocity field v(x_t, t, labels), t in [0, 1]."""
+
+    def velocity(x: Tensor, t: Tensor, labels: Any = None) -> Tensor:
+        return network(x, TIME_SCALE * t, labels)
+
+    return velocity
+
+
+class IntervalUNet(UNet):
+    """07's U-Net with a second time embedding, of the interval length t - s, added to that of the start s: the
+    network of MeanFlow's u(z_s, s, t) (the paper conditions on two times the same way, by summed embeddings)."""
+
+    def __init__(self, config: UNetConfig | dict) -> None:
+        super().__init__(config)
+        self.interval_embed = TimestepEmbedding(self.config.base_channels, self.config.time_dim)
+
+    def forward(self, z: Tensor, s: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        """z (B, C, H, W) at time s (B,), the interval's end t (B,) -> the average velocity (B, C, H, W)."""
+        interval = self.interval_embed(TIME_SCALE * (t - s))  # (B, 4C)
+        return super().forward(z, TIME_SCALE * s, class_labels, extra_embedding=interval)
+
+
+def consistency_network_of(network: torch.nn.Module) -> Any:
+    """07's U-Net as the consistency models' F(c_in x, sigma, labels), its timestep EDM's c_noise = log(sigma) / 4
+    times 1000 (the consistency models' code does the same)."""
+
+    def inner(x: Tensor, sigma: Tensor, labels: Any = None) -> Tensor:
+        return network(x, TIME_SCALE * 0.25 * sigma.log(), labels)
+
+    return inner
+
+
+def trigflow_network_of(network: torch.nn.Module) -> Any:
+    """07's U-Net as TrigFlow's F(x_t / sigma_d, t, labels), t in [0, pi / 2] scaled to [0, 1000]."""
+
+    def inner(x: Tensor, t: Tensor, labels: Any = None) -> Tensor:
+        return network(x, TIME_SCALE * t / (math.pi / 2), labels)
+
+    return inner
