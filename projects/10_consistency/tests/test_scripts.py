@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -184,3 +186,18 @@ def test_cm_train_refuses_a_teacher_of_another_data_set_or_project(
     rgb = [*TINY_CM, "--dataset", "synthetic_rgb", "--method", "cd", "--teacher", str(teacher_run)]
     err = user_error(cm_train.main, [*rgb, "--run-dir", str(run)])
     assert "was trained on synthetic" in err and not run.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("module", "flags"), [
+    ("genlab.consistency.consistency_train", ["--method", "sct"]),
+    ("genlab.consistency.train", ["--objective", "meanflow", "--sample-steps", "2"]),
+])  # fmt: skip
+def test_the_jvp_objectives_train_under_torchrun(tmp_path: Path, module: str, flags: list[str]) -> None:
+    """sCT and MeanFlow take their JVP through the unwrapped network: DistributedDataParallel cannot run under
+    torch.func, and the gradient still flows through the wrapped one (2 CPU processes, gloo)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", module,
+               *COMMON, *flags, "--steps", "2", "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["step"] == 2

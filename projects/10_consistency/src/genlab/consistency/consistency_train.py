@@ -260,7 +260,8 @@ def train(config: ConsistencyTrainConfig) -> dict[str, float]:
             warmup = min(1.0, trainer.step / max(1.0, config.tangent_warmup * config.steps))
             log_weight = adaptive(t) if adaptive is not None else None
             loss, terms = scm_loss(trigflow_network_of(network), x, z, t, velocity, labels, warmup,
-                                   config.tangent_normalisation, log_weight)  # fmt: skip
+                                   config.tangent_normalisation, log_weight,
+                                   tangent_network=trigflow_network_of(trainer.unwrap("unet")))  # fmt: skip
             return loss, {**terms, "tangent_warmup": torch.tensor(warmup)}
         N = levels_now()
         sigmas = noise_levels(N, sigma_min, sigma_max)

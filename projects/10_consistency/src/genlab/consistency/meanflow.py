@@ -36,26 +36,34 @@ AverageVelocityFn = Callable[[Tensor, Tensor, Tensor, Any], Tensor]
 
 
 def meanflow_target(average_velocity: AverageVelocityFn, z_s: Tensor, v: Tensor, s: Tensor, t: Tensor,
-                    condition: Any = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+                    condition: Any = None, tangent_velocity: AverageVelocityFn | None = None
+                    ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(u_theta(z_s, s, t), the MeanFlow target v + (t - s) d/ds u_theta), the total derivative by one JVP along the
-    tangent (dz, ds, dt) = (v, 1, 0): the start of the interval moving along the trajectory."""
+    tangent (dz, ds, dt) = (v, 1, 0): the start of the interval moving along the trajectory.
+
+    The value is a plain forward pass (it keeps the graph for the gradient); the JVP runs without gradients through
+    ``tangent_velocity`` (default: the same function), the same weights unwrapped, because DistributedDataParallel
+    cannot run under torch.func."""
 
     def u(z: Tensor, start: Tensor, end: Tensor) -> Tensor:
-        return average_velocity(z, start, end, condition)
+        return (tangent_velocity or average_velocity)(z, start, end, condition)
 
-    value, total_derivative = torch.func.jvp(u, (z_s, s, t), (v, torch.ones_like(s), torch.zeros_like(t)))
+    value = average_velocity(z_s, s, t, condition)
+    with torch.no_grad():
+        _, total_derivative = torch.func.jvp(u, (z_s, s, t), (v, torch.ones_like(s), torch.zeros_like(t)))
     return value, v + expand_like(t - s, v) * total_derivative
 
 
 def meanflow_loss(average_velocity: AverageVelocityFn, x0: Tensor, x1: Tensor, s: Tensor, t: Tensor,
-                  condition: Any = None, adaptive_power: float = 0.0, adaptive_offset: float = 1e-3
-                  ) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+                  condition: Any = None, adaptive_power: float = 0.0, adaptive_offset: float = 1e-3,
+                  tangent_velocity: AverageVelocityFn | None = None) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
     """|| u_theta(z_s, s, t) - sg(target) ||^2 at z_s = s x1 + (1 - s) x0, v = x1 - x0, for s <= t (B,).
 
     ``adaptive_power`` p > 0 is the paper's adaptive weighting (Sec. 4.3): each example's squared error
     ||Delta||^2 (summed over its elements) is weighted by sg(1 / (||Delta||^2 + c)^p), c = ``adaptive_offset``;
     p = 1 (their default) makes the loss about the error's norm rather than its square. p = 0: the plain mean."""
-    value, target = meanflow_target(average_velocity, interpolate(x0, x1, s), x1 - x0, s, t, condition)
+    z_s = interpolate(x0, x1, s)
+    value, target = meanflow_target(average_velocity, z_s, x1 - x0, s, t, condition, tangent_velocity)
     error = (value - target.detach()).square()
     mse = error.mean()
     if adaptive_power == 0:

@@ -167,7 +167,9 @@ def train(config: FlowTrainConfig) -> dict[str, float]:
         if meanflow:
             s, t = sample_interval(len(x1), config.meanflow_fraction, config.time_distribution, config.time_location,
                                    config.time_scale, device=x1.device)  # fmt: skip
-            return meanflow_loss(network, x0, x1, s, t, labels, config.adaptive_power)
+            return meanflow_loss(
+                network, x0, x1, s, t, labels, config.adaptive_power, tangent_velocity=trainer.unwrap("unet")
+            )
         t = sample_time(len(x1), config.time_distribution, config.time_location, config.time_scale,
                         device=x1.device)  # fmt: skip
         return velocity_loss(velocity, x0, x1, t, labels)

@@ -100,24 +100,27 @@ class AdaptiveWeight(nn.Module):
 
 def scm_loss(network: TrigNetworkFn, x0: Tensor, z: Tensor, t: Tensor, velocity: Tensor | None = None,
              condition: Any = None, tangent_warmup: float = 1.0, normalisation: float = 0.1,
-             log_weight: Tensor | None = None, sigma_data: float = SIGMA_DATA
-             ) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+             log_weight: Tensor | None = None, sigma_data: float = SIGMA_DATA,
+             tangent_network: TrigNetworkFn | None = None) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
     """The sCM objective at data x0, noise z (std sigma_d), times t (B,); ``velocity`` dx_t/dt from a teacher (sCD),
-    else the pair's own (sCT). theta- = sg(theta): F and its tangent come from one forward pass with a JVP, the
-    value keeping its graph for the gradient. ``tangent_warmup`` r in [0, 1]; ``normalisation`` c (0: none);
-    ``log_weight`` w(t) (B,) of AdaptiveWeight, or None for the unweighted mean."""
+    else the pair's own (sCT). theta- = sg(theta): F_theta- and its tangent come from one JVP without gradients,
+    through ``tangent_network`` (default: ``network``; the same weights unwrapped, as DistributedDataParallel cannot
+    run under torch.func), F_theta from a plain forward pass. ``tangent_warmup`` r in [0, 1]; ``normalisation`` c
+    (0: none); ``log_weight`` w(t) (B,) of AdaptiveWeight, or None for the unweighted mean."""
     x_t = trig_interpolate(x0, z, t)
     dxt_dt = trig_velocity(x0, z, t) if velocity is None else velocity
     cos, sin = expand_like(t.cos(), x0), expand_like(t.sin(), x0)
 
     def inner(x: Tensor, time: Tensor) -> Tensor:
-        return network(x, time, condition)
+        return (tangent_network or network)(x, time, condition)
 
+    value = network(x_t / sigma_data, t, condition)
     scale = t.cos() * t.sin()  # the JVP along (cos sin dx/dt / sigma_d, cos sin) is cos(t) sin(t) dF/dt
-    value, scaled_tangent = torch.func.jvp(
-        inner, (x_t / sigma_data, t), (expand_like(scale, x0) * dxt_dt / sigma_data, scale)
-    )
-    F, dF = value.detach(), scaled_tangent.detach()
+    with torch.no_grad():
+        target_value, scaled_tangent = torch.func.jvp(
+            inner, (x_t / sigma_data, t), (expand_like(scale, x0) * dxt_dt / sigma_data, scale)
+        )
+    F, dF = target_value, scaled_tangent
     g = -cos.square() * (sigma_data * F - dxt_dt) - tangent_warmup * (cos * sin * x_t + sigma_data * dF)
     if normalisation > 0:
         g = g / (expand_like(g.flatten(1).norm(dim=1), g) + normalisation)
