@@ -160,3 +160,9 @@ def multistep_sample(f: Callable[[Tensor, Tensor, Any], Tensor], z: Tensor, leve
         noise = torch.randn(z.shape, generator=generator).to(z)
         x = f(x + math.sqrt(tau**2 - sigma_min**2) * noise, torch.full((batch,), tau, device=z.device), condition)
     return x
+
+
+def sampling_levels(steps: int, sigma_min: float, sigma_max: float) -> list[float]:
+    """The noise levels of ``steps``-step sampling: the first ``steps`` of Karras et al.'s rho = 7 grid of
+    ``steps + 1`` levels from sigma_max to sigma_min (one step: sigma_max alone)."""
+    return karras_sigmas(sigma_min, sigma_max, steps + 1)[:-1]

@@ -16,6 +16,9 @@ uv run fm-sample --run runs/consistency/<run> --steps 2        # two-step consis
 
 LPIPS, the consistency papers' distance on images, needs weights this machine cannot fetch; L2 and pseudo-Huber
 are the papers' other choices.
+
+This is the script, where the papers meet genlab.core's loop and checkpoints; the pieces to copy out import no
+core code: consistency.py (CD / CT / iCT), trigflow.py (sCM), networks.py (the U-Net as F and as f).
 """
 
 from __future__ import annotations
@@ -40,11 +43,10 @@ from genlab.consistency.consistency import (
     pseudo_huber,
     squared_l2,
 )
-from genlab.consistency.networks import consistency_network_of, trigflow_network_of
+from genlab.consistency.networks import consistency_function_of, consistency_network_of, trigflow_network_of
 from genlab.consistency.trigflow import (
     SIGMA_DATA,
     AdaptiveWeight,
-    as_ve_consistency,
     sample_trig_time,
     scm_loss,
     teacher_trig_velocity,
@@ -59,7 +61,6 @@ from genlab.core.trainer import TrainConfig, Trainer
 from genlab.core.visualise import to_unit
 from genlab.diffusion.model import SIZES, UNet, unet_config
 from genlab.diffusion.prediction import Denoiser
-from genlab.diffusion.samplers import karras_sigmas
 from genlab.diffusion.schedules import NoiseSchedule, expand_like
 from genlab.diffusion.train import PROJECT as DIFFUSION_PROJECT
 from genlab.diffusion.train import VALUE_RANGE, load_split, schedule_of
@@ -159,19 +160,6 @@ class Teacher:
         timesteps = self.schedule.timestep_of_sigma(sigma.detach().cpu()).to(x_ve.device)
         scale = expand_like((1 + sigma.square()).sqrt(), x_ve)
         return x_ve - expand_like(sigma, x_ve) * self.denoise(x_ve / scale, timesteps, labels).eps
-
-
-def consistency_function_of(network: torch.nn.Module, method: str, sigma_min: float) -> Any:
-    """f(x + sigma n, sigma, labels) of a trained network, in the VE view for every method."""
-    if method in ("sct", "scd"):
-        return as_ve_consistency(trigflow_network_of(network))
-    return ConsistencyFunction(consistency_network_of(network), sigma_min)
-
-
-def sampling_levels(steps: int, sigma_min: float, sigma_max: float) -> list[float]:
-    """The noise levels of ``steps``-step sampling: the first ``steps`` of Karras et al.'s rho = 7 grid of
-    ``steps + 1`` levels from sigma_max to sigma_min (one step: sigma_max alone)."""
-    return karras_sigmas(sigma_min, sigma_max, steps + 1)[:-1]
 
 
 @torch.no_grad()

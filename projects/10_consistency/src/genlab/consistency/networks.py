@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from genlab.consistency.consistency import ConsistencyFunction
+from genlab.consistency.trigflow import as_ve_consistency
 from genlab.diffusion.model import TimestepEmbedding, UNet, UNetConfig
 
 Tensor = torch.Tensor
@@ -63,3 +65,10 @@ def trigflow_network_of(network: torch.nn.Module) -> Any:
         return network(x, TIME_SCALE * t / (math.pi / 2), labels)
 
     return inner
+
+
+def consistency_function_of(network: torch.nn.Module, method: str, sigma_min: float) -> Any:
+    """f(x + sigma n, sigma, labels) of a trained network, in the VE view for every method."""
+    if method in ("sct", "scd"):
+        return as_ve_consistency(trigflow_network_of(network))
+    return ConsistencyFunction(consistency_network_of(network), sigma_min)

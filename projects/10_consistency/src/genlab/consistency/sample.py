@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import save_file
 
 from genlab.consistency import consistency_train
-from genlab.consistency.consistency import multistep_sample
+from genlab.consistency.consistency import multistep_sample, sampling_levels
 from genlab.consistency.flow import straightness
 from genlab.consistency.meanflow import meanflow_sample
-from genlab.consistency.networks import IntervalUNet, velocity_of
+from genlab.consistency.networks import IntervalUNet, consistency_function_of, velocity_of
 from genlab.consistency.samplers import FlowSampler
 from genlab.consistency.train import PROJECT
 from genlab.core.checkpoint import read_run_info, resolve_checkpoint
@@ -97,8 +97,8 @@ def sample(config: FlowSampleConfig) -> dict[str, Path]:
     evaluations = sampler.function_evaluations * (2 if classes and config.guidance_scale not in (0, 1) else 1)
     if kind == "consistency":
         trained = read_run_info(run.run_dir)
-        f = consistency_train.consistency_function_of(network, run.train_config["method"], trained["sigma_min"])
-        levels = list(config.levels) or consistency_train.sampling_levels(config.steps, trained["sigma_min"],
+        f = consistency_function_of(network, run.train_config["method"], trained["sigma_min"])
+        levels = list(config.levels) or sampling_levels(config.steps, trained["sigma_min"],
                                                                           trained["sigma_max"])  # fmt: skip
         evaluations = len(levels)
 
