@@ -85,10 +85,10 @@ def test_tokens_round_trip_through_the_decoder() -> None:
     model.eval()
     with torch.no_grad():
         out = model(x)
-        tokens = model.encode(x)
+        (tokens,) = model.encode(x)
         assert tokens.shape == (4, 8, 8) and torch.equal(tokens, out.quantizer.indices)
-        assert torch.allclose(model.decode_tokens(tokens), out.reconstruction, atol=1e-6)
-        assert torch.equal(model.encode(x), tokens)
+        assert torch.allclose(model.decode_tokens([tokens]), out.reconstruction, atol=1e-6)
+        assert torch.equal(model.encode(x)[0], tokens)
 
 
 @pytest.mark.parametrize("layers", [2, 3])

@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 from genlab.consistency import consistency_train as cm_train
 from genlab.consistency import sample as fm_sample
 from genlab.consistency import train as fm_train
+from genlab.core.checkpoint import load_pretrained
 from genlab.diffusion import train as diffusion_train
+from genlab.diffusion.model import UNet
 
 TINY = ["--dataset", "synthetic", "--size", "tiny", "--batch-size", "16", "--log-every", "2", "--sample-every", "0",
         "--eval-every", "0", "--checkpoint-every", "10", "--eval-images", "32", "--sample-steps", "2",
@@ -86,6 +88,20 @@ def test_couplings_then_reflow_and_distillation(flow_run: Path, tmp_path: Path) 
         fm_train.main([*TINY, "--steps", "2", "--couplings", str(out / "couplings.safetensors"), *flags,
                        "--run-dir", str(run)])  # fmt: skip
         assert json.loads((run / "results.json").read_text())["step"] == 2
+
+
+def test_init_starts_from_the_flow_s_weights(flow_run: Path, tmp_path: Path, user_error: Callable) -> None:
+    """With a learning rate of 1e-20 the run's weights stay where --init put them: the flow's EMA weights."""
+    run = tmp_path / "fine-tuned"
+    fm_train.main([*TINY, "--steps", "1", "--lr", "1e-20", "--warmup-steps", "0", "--init", str(flow_run),
+                   "--run-dir", str(run)])  # fmt: skip
+    start = load_pretrained(flow_run, UNet, "unet", "flow")
+    for name in ("unet", "unet_ema"):
+        weights = load_file(next(run.glob("checkpoints/step_*")) / name / "model.safetensors")
+        assert all(torch.allclose(weights[k], v, rtol=0, atol=1e-7) for k, v in start.state_dict().items())
+    err = user_error(fm_train.main, [*TINY, "--class-conditional", "false", "--init", str(flow_run),
+                                     "--run-dir", str(tmp_path / "refused")])  # fmt: skip
+    assert "--init" in err and not (tmp_path / "refused").exists()
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -5,7 +5,8 @@
 writes train.safetensors and test.safetensors (one int64 grid per level, coarsest first, and the labels) and
 tokens.json (the data set, the grids' shapes, K, and the autoencoder: run, checkpoint, config and the sha256 of
 its weights, which the second stage checks before it decodes). Decoding tokens back to images is one call:
-``VQVAE.decode_tokens([top, bottom])``.
+``VQVAE.decode_tokens([top, bottom])``. ``encode_tokens`` serves any autoencoder with the same interface
+(08's ``vqgan-encode``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import nn
 
 from genlab.core.config import option
 from genlab.core.data import iterate_batches
@@ -41,9 +43,10 @@ class EncodeConfig(SampleConfig):
 
 
 @torch.no_grad()
-def encode(config: EncodeConfig) -> dict[str, Path]:
-    run = open_run(config, VQVAE, "vqvae", PROJECT, default_out="tokens")
-    model: VQVAE = run.model
+def encode_tokens(config: EncodeConfig, model_class: type[nn.Module], project: str) -> dict[str, Path]:
+    """Encode with the run's autoencoder of ``model_class``, the model called ``project`` in runs of ``project``."""
+    run = open_run(config, model_class, project, project, default_out="tokens")
+    model = run.model
     splits = ("train", "test") if config.splits == "both" else (config.splits,)
     sizes, reconstruction, num_classes = {}, None, 0
     for split in splits:
@@ -60,9 +63,14 @@ def encode(config: EncodeConfig) -> dict[str, Path]:
             measured = evaluate_reconstructions(model, data, sigma)
             reconstruction = {"sigma": sigma, "test_nll_given_codes_nats": measured["nll_given_codes_nats"],
                               "num_dims": data.num_dims}  # fmt: skip
-    info = token_info(model, run.run_dir, run.checkpoint, run.train_config, sizes, num_classes, reconstruction)
+    info = token_info(model, project, run.run_dir, run.checkpoint, run.train_config, sizes, num_classes,
+                      reconstruction)  # fmt: skip
     run.written["info"] = write_token_info(run.out, info)
     return run.finish()
+
+
+def encode(config: EncodeConfig) -> dict[str, Path]:
+    return encode_tokens(config, VQVAE, PROJECT)
 
 
 main = console_script(EncodeConfig, encode, "vqvae-encode")

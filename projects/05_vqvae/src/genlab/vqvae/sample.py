@@ -9,6 +9,7 @@ level holds (each test image, then decoded from its top codes alone, the bottom 
 from both levels); and
 images decoded from uniformly drawn tokens, which is what the autoencoder makes without a learned prior (06
 learns one). A VQ-VAE has no sampler of its own, so ``--npz`` saves reconstructions, not samples.
+``sample_reconstructions`` serves any autoencoder with the same interface (08's ``vqgan-sample``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from genlab.core.config import option
 from genlab.core.errors import GenlabError
@@ -43,9 +45,10 @@ class VQVAESampleConfig(SampleConfig):
 
 
 @torch.no_grad()
-def sample(config: VQVAESampleConfig) -> dict[str, Path]:
-    run = open_run(config, VQVAE, "vqvae", PROJECT)
-    model: VQVAE = run.model
+def sample_reconstructions(config: VQVAESampleConfig, model_class: type[nn.Module], project: str) -> dict[str, Path]:
+    """The pictures and reconstructions of the run's autoencoder of ``model_class``, called ``project``."""
+    run = open_run(config, model_class, project, project)
+    model = run.model
     test = run.test_split(VALUE_RANGE, model.config.image_shape)
     if config.npz > len(test):
         raise GenlabError(f"--npz {config.npz}: the test split has only {len(test)} images to reconstruct")
@@ -71,6 +74,10 @@ def sample(config: VQVAESampleConfig) -> dict[str, Path]:
 
         run.write_samples_npz(reconstruct, config.npz, function_evaluations=1)  # one pass of encoder and decoder
     return run.finish()
+
+
+def sample(config: VQVAESampleConfig) -> dict[str, Path]:
+    return sample_reconstructions(config, VQVAE, PROJECT)
 
 
 main = console_script(VQVAESampleConfig, sample, "vqvae-sample")

@@ -5,25 +5,38 @@ coarsest first, and ``labels`` when the data set has classes), and ``tokens.json
 sizes, the number of classes, each level's grid shape, K, the decoder's term of the bits/dim bound on the test
 split (so that a prior's NLL completes the bound), and the autoencoder that made them: its run, checkpoint, model
 config and the sha256 of its weights. A second stage records that hash and refuses to decode with any other autoencoder.
+
+Any autoencoder with 05's interface writes and decodes tokens this way (``encode(x)`` -> a list of grids,
+``decode_tokens(grids)``, ``config.token_shapes()``, ``config.num_codes``): its package names its model class
+under the entry-point group ``genlab.autoencoders`` with its project's name (05's ``vqvae``, 08's ``vqgan``), which
+is also the name of the model in its checkpoints, so a second stage decodes through it without importing it.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from genlab.core.checkpoint import load_pretrained, read_json, weights_sha256, write_text_atomic
+from genlab.core.checkpoint import (
+    load_pretrained,
+    read_json,
+    read_run_info,
+    resolve_checkpoint,
+    weights_sha256,
+    write_text_atomic,
+)
 from genlab.core.errors import GenlabError
-from genlab.vqvae.model import VQVAE
-from genlab.vqvae.train import PROJECT
 
 INFO_FILE = "tokens.json"
+AUTOENCODERS = "genlab.autoencoders"  # entry-point group: project name -> model class
 
 
 @dataclass
@@ -50,7 +63,8 @@ def write_token_split(folder: Path, split: str, levels: list[torch.Tensor], labe
 
 
 def token_info(
-    model: VQVAE,
+    model: nn.Module,
+    project: str,
     run: Path,
     checkpoint: Path,
     train_config: dict[str, Any],
@@ -58,8 +72,9 @@ def token_info(
     num_classes: int,
     reconstruction: dict[str, float] | None = None,
 ) -> dict:
-    """tokens.json's content for tokens made by ``model``; ``reconstruction`` holds the decoder's term of the
-    bits/dim bound on the test split (sigma, the mean -log p(x | z_q) in nats, the dims per image)."""
+    """tokens.json's content for tokens made by ``model``, of project ``project``; ``reconstruction`` holds the
+    decoder's term of the bits/dim bound on the test split (sigma, the mean -log p(x | z_q) in nats, the dims per
+    image)."""
     config = model.config
     return {
         "dataset": train_config["dataset"],
@@ -70,6 +85,7 @@ def token_info(
         "num_codes": config.num_codes,
         "reconstruction": reconstruction,
         "autoencoder": {
+            "project": project,
             "run": str(run),
             "checkpoint": str(checkpoint),
             "weights_sha256": weights_sha256(model),
@@ -102,7 +118,7 @@ def load_tokens(folder: str | Path, split: str) -> TokenSet:
     return TokenSet(levels, tensors.get("labels"), info)
 
 
-def check_autoencoder(model: VQVAE, expected_sha256: str, where: str) -> None:
+def check_autoencoder(model: nn.Module, expected_sha256: str, where: str) -> None:
     """Refuse, in one line, to decode tokens with an autoencoder other than the one that made them."""
     actual = weights_sha256(model)
     if actual != expected_sha256:
@@ -112,12 +128,25 @@ def check_autoencoder(model: VQVAE, expected_sha256: str, where: str) -> None:
         )
 
 
-def load_autoencoder(path: str | Path, expected_sha256: str, where: str) -> VQVAE:
-    """The VQ-VAE of run (or checkpoint) ``path`` whose weights made the tokens: its EMA weights or its plain ones,
-    whichever has sha256 ``expected_sha256``; any other autoencoder is refused in one line."""
-    model = load_pretrained(path, VQVAE, "vqvae", PROJECT, ema=True)
+def autoencoder_class(project: str, where: str) -> type[nn.Module]:
+    """The model class that project ``project`` registered under ``genlab.autoencoders``, or a one-line error."""
+    found = entry_points(group=AUTOENCODERS)
+    if project not in found.names:
+        raise GenlabError(f"{where}: a run of project {project!r} is not an autoencoder whose tokens a prior models "
+                          f"(those are: {', '.join(sorted(found.names))})")  # fmt: skip
+    return found[project].load()
+
+
+def load_autoencoder(path: str | Path, expected_sha256: str, where: str) -> nn.Module:
+    """The autoencoder of run (or checkpoint) ``path``, of whichever registered project wrote it, whose weights made
+    the tokens: its EMA weights or its plain ones, whichever has sha256 ``expected_sha256``; any other autoencoder
+    is refused in one line."""
+    run_dir, _ = resolve_checkpoint(path)
+    project = str(read_run_info(run_dir).get("project"))
+    model_class = autoencoder_class(project, where)
+    model = load_pretrained(path, model_class, project, project, ema=True)
     if weights_sha256(model) != expected_sha256:
-        plain = load_pretrained(path, VQVAE, "vqvae", PROJECT, ema=False)
+        plain = load_pretrained(path, model_class, project, project, ema=False)
         model = plain if weights_sha256(plain) == expected_sha256 else model
     check_autoencoder(model, expected_sha256, where)
     return model.eval()

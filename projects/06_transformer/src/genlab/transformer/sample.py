@@ -1,12 +1,14 @@
-"""gpt-sample: text from a character run; images from a token prior, decoded through 05's VQ-VAE.
+"""gpt-sample: text from a character run; images from a token prior, decoded through the autoencoder that made
+its tokens (05's VQ-VAE or VQ-VAE-2, 08's VQGAN).
 
     uv run gpt-sample --run runs/transformer/shakespeare-...                  # samples.txt
     uv run gpt-sample --run runs/transformer/fashion-gpt --top-k 100 --npz 10000   # samples.png and samples.npz
     uv run gpt-sample --run runs/transformer/fashion-maskgit --decode-steps 8
     uv run gpt-sample --run runs/transformer/twemoji-bottom --top-run runs/transformer/twemoji-top   # VQ-VAE-2
 
-A token prior decodes through the autoencoder recorded when it was trained (or ``--autoencoder``), and only if that
-autoencoder's weights have the sha256 of the ones that made its tokens. A class-conditional prior draws a grid of
+A token prior decodes through the autoencoder recorded when it was trained (or ``--autoencoder``), of whichever
+project registered it under ``genlab.autoencoders`` (05's tokens.py), and only if that autoencoder's weights have
+the sha256 of the ones that made its tokens. A class-conditional prior draws a grid of
 ``--count`` images per class (one class per row) and, with ``--npz``, the classes in turn. samples.json records
 the wall time per image, the figure the decoding-steps table reports.
 """
@@ -34,7 +36,7 @@ from genlab.vqvae.train import VALUE_RANGE
 
 @dataclass
 class GPTSampleConfig(SampleConfig):
-    """Text from a character model, or images from a GPT or MaskGIT prior over VQ-VAE tokens."""
+    """Text from a character model, or images from a GPT or MaskGIT prior over VQ-VAE or VQGAN tokens."""
 
     temperature: float = option(1.0, "divide the logits by this before sampling")
     top_k: int = option(0, "GPT: draw from the k most probable tokens only (0: all)")
@@ -45,7 +47,7 @@ class GPTSampleConfig(SampleConfig):
     count: int = option(8, "tokens: images per class (class-conditional), else images in all, for samples.png")
     decode_steps: int = option(8, "MaskGIT: parallel decoding steps")
     top_run: str = option("", "VQ-VAE-2's bottom prior: the run of the top prior whose codes it is conditioned on")
-    autoencoder: str = option("", "tokens: the VQ-VAE run to decode with (default: the one the prior was trained on)")
+    autoencoder: str = option("", "tokens: the autoencoder run to decode with (default: the prior's own)")
 
     def validate(self) -> None:
         super().validate()

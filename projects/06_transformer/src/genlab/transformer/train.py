@@ -44,7 +44,7 @@ class GPTTrainConfig(TrainConfig):
 
     dataset: str = option("", "the data's name in the run folder (default: the text file's stem, or the tokens')")
     text: str = option("", "UTF-8 text file (default: <data root>/shakespeare/input.txt)")
-    tokens: str = option("", "a token folder written by vqvae-encode: train a prior on its grids instead of on text")
+    tokens: str = option("", "a token folder (vqvae-encode, vqgan-encode): a prior on its grids, not text")
     prior: Literal["gpt", "maskgit"] = option("gpt", "on tokens: a GPT (one code at a time) or MaskGIT (masked)")
     level: int = option(0, "on tokens: the level to model: 0 the top (or only) one, 1 VQ-VAE-2's bottom given the top")
     class_token: bool = option(False, "on tokens: condition on the class through a class token before the codes")

@@ -186,13 +186,14 @@ class VQGAN(nn.Module, PyTorchModelHubMixin):
         """Code vectors (B, D, h, w) -> images (B, C, H, W)."""
         return self.decoder(self.post_quantize(codes))
 
-    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token grids (B, h, w) long -> images (B, C, H, W)."""
-        return self.decode_codes(self.quantizer.lookup(tokens))
+    def decode_tokens(self, tokens: list[torch.Tensor]) -> torch.Tensor:
+        """[token grid (B, h, w) long] -> images (B, C, H, W): one level, listed as 05's VQ-VAE takes its levels."""
+        (grid,) = tokens
+        return self.decode_codes(self.quantizer.lookup(grid))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> token grids (B, H/f, W/f)."""
-        return self.quantize(x).indices
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Images (B, C, H, W) -> [token grid (B, H/f, W/f)], listed as 05's VQ-VAE returns its levels."""
+        return [self.quantize(x).indices]
 
     def forward(self, x: torch.Tensor) -> VQGANOutput:
         quantized = self.quantize(x)

@@ -4,8 +4,8 @@ on the couplings another flow generated.
 uv run fm-train                                               # 1-rectified flow on MNIST, class-conditional
 uv run fm-train --time-distribution logit-normal              # Esser et al.'s time sampling
 uv run fm-sample --run R --couplings 20000                    # (noise, its ODE end) pairs of the trained flow
-uv run fm-train --couplings R/samples/couplings.safetensors   # the 2-rectified flow on them (reflow)
-uv run fm-train --couplings <file> --distill                  # one-step distillation of the couplings
+uv run fm-train --couplings R/samples/couplings.safetensors --init R   # the 2-rectified flow (reflow)
+uv run fm-train --couplings <file> --distill --init R         # one-step distillation of the couplings
 uv run fm-train --coupling ot                                 # minibatch OT couplings (Tong et al. 2024)
 uv run fm-train --objective meanflow                          # MeanFlow's average velocity, one-step sampling
 
@@ -27,6 +27,7 @@ from genlab.consistency.flow import distillation_loss, sample_time, velocity_los
 from genlab.consistency.meanflow import meanflow_loss, meanflow_sample, sample_interval
 from genlab.consistency.networks import IntervalUNet, velocity_of
 from genlab.consistency.samplers import FlowSampler
+from genlab.core.checkpoint import load_pretrained
 from genlab.core.config import option
 from genlab.core.data import ImageDataset, iterate_batches
 from genlab.core.errors import GenlabError
@@ -58,6 +59,8 @@ class FlowTrainConfig(TrainConfig):
                                                     "exact minibatch optimal transport (couplings.py)")  # fmt: skip
     couplings: str = option("", "a couplings file of fm-sample: train on its (X_0, Z_1) pairs (reflow)")
     distill: bool = option(False, "with --couplings: fit the one-step map X_0 -> Z_1 (distillation)")
+    init: str = option("", "start from this fm-train run's weights (EMA if any): reflow and distillation fine-tune "
+                       "the flow that made the couplings, as Liu et al.'s code does")  # fmt: skip
     steps: int = option(1_400, "optimizer steps (about 20 minutes of a 2-core CPU at the defaults, as 07)")
     batch_size: int = option(64, "global batch")
     lr: float = option(1e-3, "Adam's learning rate")
@@ -147,9 +150,18 @@ def train(config: FlowTrainConfig) -> dict[str, float]:
         architecture = unet_config(config.size, image_channels=C, image_size=H, num_classes=classes)
     except ValueError as error:
         raise GenlabError(f"--size {config.size}: {error}") from None
-    trainer = Trainer(config, PROJECT, {"model": architecture})
     meanflow = config.objective == "meanflow"
-    network = trainer.add_model("unet", IntervalUNet(architecture) if meanflow else UNet(architecture))
+    network_class = IntervalUNet if meanflow else UNet
+    start = None
+    if config.init and not config.resume:  # before the run folder exists: a wrong --init writes nothing
+        start = load_pretrained(config.init, network_class, "unet", PROJECT)
+        if vars(start.config) != vars(architecture):
+            raise GenlabError(f"--init {config.init}: its U-Net is not the one these flags build ({start.config})")
+    trainer = Trainer(config, PROJECT, {"model": architecture})
+    model = network_class(architecture)  # built after the Trainer has seeded torch
+    if start is not None:
+        model.load_state_dict(start.state_dict())
+    network = trainer.add_model("unet", model)
     velocity = instantaneous_velocity_of(network)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
 
