@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from genlab.gans.objective import critic_loss_hinge
 from genlab.vqgan.discriminator import PatchGAN, PatchGANConfig
-from genlab.vqgan.efficientnet import EfficientNetLite0, load_efficientnet_lite0
+from genlab.vqgan.efficientnet import EfficientNetLite0, SameConv2d, load_efficientnet_lite0
 from genlab.vqgan.model import VQGAN, VQGANConfig
 from genlab.vqgan.objective import adaptive_weight, autoencoder_loss, discriminator_loss
 from genlab.vqgan.perceptual import FeatureDistance
@@ -57,7 +56,9 @@ def test_the_discriminator_has_no_effect_before_its_start_step() -> None:
     after, terms, out = autoencoder_loss(model, x, discriminator, None, step=10, discriminator_start=10)
     assert "adaptive_weight" in terms and not torch.equal(after, alone)
     d_loss = discriminator_loss(discriminator, x, out.reconstruction, step=10, discriminator_start=10)
-    assert d_loss.item() == pytest.approx(critic_loss_hinge(discriminator(x), discriminator(out.reconstruction)).item())
+    real, fake = discriminator(x), discriminator(out.reconstruction)
+    hinge = torch.relu(1 - real).mean() + torch.relu(1 + fake).mean()  # E[max(0, 1 - D(x))] + E[max(0, 1 + D(x^))]
+    assert d_loss.item() == pytest.approx(hinge.item())
 
 
 def test_beta_weights_the_commitment_on_the_encoder_side_as_the_paper_writes() -> None:
@@ -129,3 +130,14 @@ def test_the_imagenet_weights_load_into_the_lite0_module_exactly() -> None:
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     near, far = distance(x, x + 0.05 * torch.randn_like(x)), distance(x, x + 0.5 * torch.randn_like(x))
     assert (near < far).all()
+
+
+def test_the_lite0_convolutions_pad_as_tensorflow_s_same() -> None:
+    """TF's SAME on an 8 x 8 input, stride 2, 3 x 3: 4 x 4 out, nothing padded before, one row and column after.
+    All-ones input and kernel: the first output sums a full 3 x 3 window (9), the last a 2 x 2 one (4); PyTorch's
+    symmetric padding would give 4 and 9."""
+    conv = SameConv2d(1, 1, 3, 2, bias=False)
+    torch.nn.init.ones_(conv.weight)
+    out = conv(torch.ones(1, 1, 8, 8))
+    assert out.shape == (1, 1, 4, 4) and out[0, 0, 0, 0] == 9 and out[0, 0, -1, -1] == 4
+    assert SameConv2d(1, 1, 5, 1)(torch.ones(1, 1, 7, 9)).shape == (1, 1, 7, 9)  # stride 1: the size is kept

@@ -8,10 +8,12 @@ feature network for the offline perceptual distance. Built to load the ImageNet 
             (6,5,1,112,3) (6,5,2,192,4) (6,3,1,320,1)
 
 ``features`` returns the activations after the last block of each of the first five stages (strides 2 to 16).
+The weights come from TensorFlow, so every k x k convolution pads as TF's "SAME" does (``SameConv2d``).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -23,6 +25,22 @@ STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3)
 FEATURE_STAGES = 5  # the stages whose outputs the perceptual distance compares
 
 
+class SameConv2d(nn.Conv2d):
+    """A convolution with TF's "SAME" padding, which the ported weights were trained with: out = ceil(in / stride),
+    the padding split with the odd pixel at the bottom and right. For stride 1 and an odd kernel it is k // 2 on
+    every side; for stride 2 on an even side it is (k - 2) // 2 before and k // 2 after, not k // 2 on both."""
+
+    def __init__(self, *args: int, **kwargs: int) -> None:
+        super().__init__(*args, **kwargs, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads: list[int] = []
+        for size, kernel, stride in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1], strict=True):
+            total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)  # width first, as F.pad wants
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
 class MBConv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, expand: int, kernel: int, stride: int) -> None:
         super().__init__()
@@ -30,7 +48,7 @@ class MBConv(nn.Module):
         if expand != 1:
             self._expand_conv = nn.Conv2d(in_channels, mid, 1, bias=False)
             self._bn0 = nn.BatchNorm2d(mid, eps=1e-3)
-        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, groups=mid, bias=False)
         self._bn1 = nn.BatchNorm2d(mid, eps=1e-3)
         self._project_conv = nn.Conv2d(mid, out_channels, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(out_channels, eps=1e-3)
@@ -46,7 +64,7 @@ class MBConv(nn.Module):
 class EfficientNetLite0(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self._conv_stem = SameConv2d(3, 32, 3, 2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
         blocks, self.stage_ends, width = [], [], 32
         for expand, kernel, stride, out, repeats in STAGES:

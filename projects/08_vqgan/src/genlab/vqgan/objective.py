@@ -45,9 +45,12 @@ def adaptive_weight(reconstruction_loss: torch.Tensor, generator_loss: torch.Ten
 def autoencoder_loss(
     model: VQGAN, x: torch.Tensor, discriminator: Any, perceptual: Any, step: int, discriminator_start: int,
     perceptual_weight: float = 1.0, adversarial_weight: float = 1.0, commitment_cost: float = 0.25,
+    last_layer: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], VQGANOutput]:  # fmt: skip
     """x (B, C, H, W) in [-1, 1] -> (the autoencoder's loss, logged terms, the model's output). ``discriminator``
-    and ``perceptual`` may be None (reconstruction only; + perceptual; + adversarial: the ablation's rows)."""
+    and ``perceptual`` may be None (reconstruction only; + perceptual; + adversarial: the ablation's rows).
+    ``last_layer``: G_L of eq. 7 (default ``model.last_layer``; pass the unwrapped model's when ``model`` is a
+    DistributedDataParallel wrapper, which does not forward attributes)."""
     out = model(x)
     q = out.quantizer
     l1 = (x - out.reconstruction).abs().mean()
@@ -62,7 +65,8 @@ def autoencoder_loss(
         loss = loss + q.codebook_loss
     if discriminator is not None and step >= discriminator_start:
         generator_loss = generator_loss_wasserstein(discriminator(out.reconstruction))
-        weight = adaptive_weight(reconstruction, generator_loss, model.last_layer) if model.training \
+        G_L = model.last_layer if last_layer is None else last_layer
+        weight = adaptive_weight(reconstruction, generator_loss, G_L) if model.training \
             else torch.tensor(0.0)  # fmt: skip
         loss = loss + adversarial_weight * weight * generator_loss
         terms.update({"generator_loss": generator_loss.detach(), "adaptive_weight": weight})

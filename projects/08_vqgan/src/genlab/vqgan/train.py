@@ -127,7 +127,8 @@ def train(config: VQGANTrainConfig) -> dict[str, float]:
     def autoencoder_step(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, terms, _ = autoencoder_loss(model, batch.images, discriminator, perceptual, trainer.step,
                                           config.discriminator_start, config.perceptual_weight,
-                                          config.adversarial_weight, config.commitment_cost)  # fmt: skip
+                                          config.adversarial_weight, config.commitment_cost,
+                                          trainer.unwrap("vqgan").last_layer)  # fmt: skip
         return loss, terms
 
     betas = (0.5, 0.9)
@@ -135,10 +136,19 @@ def train(config: VQGANTrainConfig) -> dict[str, float]:
     trainer.add_update("autoencoder", torch.optim.Adam(parameters, lr=config.lr, betas=betas), autoencoder_step,
                        ["vqgan"])  # fmt: skip
     if discriminator is not None:
+        quantizer = trainer.unwrap("vqgan").quantizer
 
         def discriminator_step(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            with torch.no_grad():
-                fake = model(batch.images).reconstruction
+            if trainer.step < config.discriminator_start:  # the zero of discriminator_loss; no reconstruction needed
+                return discriminator_loss(discriminator, batch.images, batch.images, trainer.step,
+                                          config.discriminator_start), {}  # fmt: skip
+            # The quantiser in eval mode: only the autoencoder's update moves its EMA codebook and usage counts.
+            quantizer.eval()
+            try:
+                with torch.no_grad():
+                    fake = model(batch.images).reconstruction
+            finally:
+                quantizer.train()
             return discriminator_loss(discriminator, batch.images, fake, trainer.step, config.discriminator_start), {}
 
         trainer.add_update("discriminator", torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas),
