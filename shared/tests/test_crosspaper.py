@@ -14,20 +14,22 @@ from genlab.core.errors import GenlabError
 REPO = Path(__file__).resolve().parents[2]
 
 
-def report(fid: float, count: int, floor_fid: float) -> dict[str, Any]:
+def report(fid: float, count: int, floor_fid: float, sha256: str = "ab" * 32) -> dict[str, Any]:
     """A genlab-eval report of the shape evaluate() writes."""
     scores = {"fid": fid, "kid": fid / 1000, "kid_std": 0.0, "precision": 0.5, "recall": 0.25}
     floor = {"fid": floor_fid, "kid": 0.0001, "kid_std": 0.0, "precision": 0.75, "recall": 0.75}
     return {
         "num_samples": count,
         "reference": {"dataset": "fashion_mnist", "split": "train", "count": count, "size": 28},
-        "feature_network": {"name": "net", "sha256": "ab" * 32},
+        "feature_network": {"name": "net", "sha256": sha256},
         "scores": scores,
         "floor": {"split": "test", "count": count, "scores": floor},
     }
 
 
-def make_run(root: Path, name: str, fid: float, bits: float | None) -> Path:
+def make_run(
+    root: Path, name: str, fid: float, bits: float | None, classifier: str = "ab" * 32, floor_fid: float = 2.0
+) -> Path:
     run = root / name
     (run / "samples").mkdir(parents=True)
     (run / "checkpoints" / "step_00000777").mkdir(parents=True)
@@ -37,7 +39,9 @@ def make_run(root: Path, name: str, fid: float, bits: float | None) -> Path:
         (run / "results.json").write_text(json.dumps({"step": 777, "bits_per_dim": bits}))
     made = {"parameters": 12345, "function_evaluations_per_sample": 784, "seconds_per_sample": 0.0125, "device": "cpu"}
     (run / "samples" / "samples.json").write_text(json.dumps(made))
-    (run / "samples" / "eval-classifier-train-10000.json").write_text(json.dumps(report(fid, 10_000, 2.0)))
+    (run / "samples" / "eval-classifier-train-10000.json").write_text(
+        json.dumps(report(fid, 10_000, floor_fid, classifier))
+    )
     (run / "samples" / "eval-inception-train-2000.json").write_text(json.dumps(report(10 * fid, 2000, 20.0)))
     return run
 
@@ -63,6 +67,21 @@ def test_the_table_puts_the_floor_first_then_the_best_model(tmp_path: Path) -> N
     assert lines[3].startswith("| Better |") and "| 30.00 |" in lines[3] and "| 3.500 |" in lines[3]
     assert lines[4].startswith("| Worse |") and "| 12.50 |" in lines[4]  # ms per sample
     assert "- Better: `row.sh better`" in lines
+
+
+def test_classifier_scores_are_ranked_only_among_rows_of_one_classifier(tmp_path: Path) -> None:
+    """Another machine's classifier gives other features: its rows go under their own floor, never between rows
+    scored by the first classifier, however their FIDs compare."""
+    other = "cd" * 32
+    rows = [
+        collect_row(make_run(tmp_path, "a", 30.0, None), "A", "a", "cpu"),
+        collect_row(make_run(tmp_path, "b", 90.0, None), "B", "b", "cpu"),
+        collect_row(make_run(tmp_path, "c", 60.0, None, other, floor_fid=5.0), "C", "c", "another cpu"),
+    ]
+    names = [line.split(" | ")[0].removeprefix("| ") for line in render_table(rows).splitlines()[2:6]]
+    assert names == ["data floor (train vs test images), classifier abababab", "A", "B",
+                     "data floor (train vs test images), classifier cdcdcdcd"]  # fmt: skip
+    assert "| 5.00 |" in render_table(rows).splitlines()[5] and render_table(rows).splitlines()[6].startswith("| C |")
 
 
 def test_a_row_without_the_protocols_reports_is_refused(tmp_path: Path) -> None:

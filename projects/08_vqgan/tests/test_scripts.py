@@ -1,8 +1,11 @@
-"""vqgan-train end to end on tiny synthetic data: the three rows of the loss ablation, a resume, and refusals."""
+"""vqgan-train end to end on tiny synthetic data: the three rows of the loss ablation, a resume, two processes
+under torchrun, and refusals; and the discriminator's fakes, which leave the quantiser's statistics alone."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import torch
 
 from genlab.vqgan import train as vqgan_train
 from genlab.vqgan.efficientnet import EfficientNetLite0
+from genlab.vqgan.model import VQGAN, VQGANConfig
 
 TINY = ["--dataset", "synthetic", "--size", "tiny", "--batch-size", "8", "--log-every", "2", "--sample-every", "0",
         "--eval-every", "0", "--checkpoint-every", "10", "--eval-images", "16", "--discriminator-channels", "8",
@@ -52,6 +56,48 @@ def test_a_vqgan_run_resumes(tmp_path: Path, weights: Path) -> None:
     vqgan_train.main([*common, "--time-limit", "0.000001"])
     vqgan_train.main([*TINY, "--steps", "4", "--time-limit", "0", "--resume", str(run)])
     assert json.loads((run / "results.json").read_text())["step"] == 4
+
+
+@pytest.mark.slow
+def test_vqgan_trains_under_torchrun(tmp_path: Path, weights: Path) -> None:
+    """Both update rules under DistributedDataParallel (2 CPU processes, gloo): the adaptive weight reads the last
+    layer of the unwrapped model (the DDP wrapper has no last_layer), and the discriminator's fakes go through the
+    wrapped one with the unwrapped model's quantiser in eval mode."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "genlab.vqgan.train", *TINY, "--discriminator-start", "1", "--steps", "3", "--weights-dir",
+               str(weights), "--run-dir", str(run)]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((run / "results.json").read_text())["step"] == 3
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("autoencoder/adaptive_weight" in m for m in metrics)  # the adversarial term was on
+    assert any("discriminator/loss" in m and m["discriminator/loss"] > 0 for m in metrics)  # > 0: fakes were judged
+
+
+def test_the_discriminator_step_leaves_the_quantiser_statistics_alone() -> None:
+    """Only the autoencoder's update moves the quantiser's EMA codebook, its running usage counts and its dead-code
+    restarts: the discriminator's fakes (reconstruct_without_updating) leave every weight and buffer bitwise as they
+    were, draw no restart, and hand the quantiser back in training mode. The control: a plain training-mode forward
+    of the same model on the same images moves all of them, so the test can fail."""
+    torch.manual_seed(0)
+    overrides, _ = vqgan_train.SIZES["tiny"]
+    model = VQGAN(VQGANConfig(image_shape=(1, 28, 28), ema=True, dead_code_threshold=1.0, **overrides)).train()
+    images = torch.rand(8, 1, 28, 28) * 2 - 1
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    generator = torch.get_rng_state()  # a restart draws its replacements from the global generator
+    fake = vqgan_train.reconstruct_without_updating(model, model.quantizer, images)
+    assert fake.shape == images.shape and not fake.requires_grad
+    assert model.quantizer.training and model.training
+    moved = [name for name, value in model.state_dict().items() if not torch.equal(value, before[name])]
+    assert not moved, moved
+    assert torch.equal(torch.get_rng_state(), generator)
+    with torch.no_grad():
+        model(images)
+    after = model.state_dict()
+    statistics = ["codebook", "cluster_size", "cluster_sum", "usage_count"]
+    assert all(not torch.equal(after[f"quantizer.{name}"], before[f"quantizer.{name}"]) for name in statistics)
+    assert not torch.equal(torch.get_rng_state(), generator)  # ... and some code was restarted
 
 
 @pytest.mark.parametrize(("flags", "message"), [

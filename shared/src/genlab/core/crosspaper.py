@@ -102,8 +102,25 @@ def _number(value: float | None, digits: int = 2) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def _floor_line(rows: Sequence[dict[str, Any]], label: str) -> str:
+    floor_c, floor_i = rows[0]["classifier"]["floor"] or {}, rows[0]["inception"]["floor"] or {}
+    return (
+        f"| {label} | | | | | {_number(floor_c.get('fid'))} | {_number(floor_c.get('kid'), 4)} "
+        f"| {_number(floor_c.get('precision'))} | {_number(floor_c.get('recall'))} | {_number(floor_i.get('fid'))} "
+        "| | | | |"
+    )
+
+
+def classifier_hash(row: dict[str, Any]) -> str:
+    return row["classifier"]["feature_network"]["sha256"]
+
+
 def render_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The markdown table: the data floor first, then one row per model, best classifier FID first."""
+    """The markdown table: the data floor first, then one row per model, best classifier FID first.
+
+    genlab's classifier is retrained on each machine and its weights differ between CPU types, so classifier
+    scores compare only among rows scored by one classifier. Rows are grouped by its sha256, each group under its
+    own data floor, the largest group first; the TF-Inception columns compare across all groups."""
     if not rows:
         return "No rows measured yet: see results/crosspaper/README.md for the protocol and the commands."
     lines = [
@@ -111,22 +128,23 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
         "precision | recall | Inception FID (2k) | bits/dim | NFE / sample | ms / sample | machine |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    floor_c, floor_i = rows[0]["classifier"]["floor"] or {}, rows[0]["inception"]["floor"] or {}
-    lines.append(
-        f"| data floor (train vs test images) | | | | | {_number(floor_c.get('fid'))} "
-        f"| {_number(floor_c.get('kid'), 4)} "
-        f"| {_number(floor_c.get('precision'))} | {_number(floor_c.get('recall'))} | {_number(floor_i.get('fid'))} "
-        "| | | | |"
-    )
-    for row in sorted(rows, key=lambda r: r["classifier"]["fid"]):
-        c, i = row["classifier"], row["inception"]
-        lines.append(
-            f"| {row['name']} | {row['project']} | {_number(row['budget_minutes'], 0)} | {row['steps']} "
-            f"| {row['parameters']:,} | {_number(c['fid'])} | {_number(c['kid'], 4)} | {_number(c['precision'])} "
-            f"| {_number(c['recall'])} | {_number(i['fid'])} | {_number(row['bits_per_dim'], 3)} "
-            f"| {row['function_evaluations_per_sample']:,} | {_number(1000 * row['seconds_per_sample'], 2)} "
-            f"| {row['machine']} |"
-        )
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(classifier_hash(row), []).append(row)
+    for sha256, group in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+        label = "data floor (train vs test images)"
+        if len(groups) > 1:
+            label += f", classifier {sha256[:8]}"
+        lines.append(_floor_line(group, label))
+        for row in sorted(group, key=lambda r: r["classifier"]["fid"]):
+            c, i = row["classifier"], row["inception"]
+            lines.append(
+                f"| {row['name']} | {row['project']} | {_number(row['budget_minutes'], 0)} | {row['steps']} "
+                f"| {row['parameters']:,} | {_number(c['fid'])} | {_number(c['kid'], 4)} | {_number(c['precision'])} "
+                f"| {_number(c['recall'])} | {_number(i['fid'])} | {_number(row['bits_per_dim'], 3)} "
+                f"| {row['function_evaluations_per_sample']:,} | {_number(1000 * row['seconds_per_sample'], 2)} "
+                f"| {row['machine']} |"
+            )
     lines.append("")
     lines.append("Commands, one per row:")
     lines.extend(f"- {row['name']}: `{row['command']}`" for row in sorted(rows, key=lambda r: r["name"]))
@@ -150,9 +168,15 @@ def main_table(config: TableConfig) -> None:
     if config.add:
         row = collect_row(Path(config.add), config.name, config.command, config.machine, config.budget_minutes)
         path = Path(config.rows) / row["dataset"] / f"{config.name.lower().replace(' ', '-')}.json"
+        others = {classifier_hash(other) for other in read_rows(Path(config.rows), row["dataset"])}
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(row, indent=1) + "\n")
         print(f"row: {path}")
+        if others and classifier_hash(row) not in others:
+            print(
+                f"note: classifier {classifier_hash(row)[:8]} scored no other row: its classifier columns start "
+                "a group of their own under their own floor (the Inception columns compare with every row)"
+            )
         return
     readme = Path(config.readme)
     text = readme.read_text()

@@ -29,6 +29,7 @@ from genlab.vqgan.discriminator import PatchGAN, PatchGANConfig
 from genlab.vqgan.model import VQGAN, VQGANConfig
 from genlab.vqgan.objective import autoencoder_loss, discriminator_loss
 from genlab.vqgan.perceptual import load_perceptual
+from genlab.vqvae.quantizer import VectorQuantizer
 from genlab.vqvae.train import evaluate_reconstructions, load_split, reconstruction_rows
 
 PROJECT = "vqgan"
@@ -106,6 +107,20 @@ def perceptual_network(config: VQGANTrainConfig) -> torch.nn.Module | None:
         raise GenlabError("--perceptual lpips needs the lpips package (pip install lpips) and a network") from None
 
 
+def reconstruct_without_updating(model: torch.nn.Module, quantizer: VectorQuantizer,
+                                 images: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """The discriminator's fakes: ``model``'s reconstruction of ``images``, without a graph and with ``quantizer``
+    (the model's own, also when ``model`` is DDP-wrapped) in eval mode, so that only the autoencoder's update moves
+    the EMA codebook, the running usage counts and the dead-code restarts. The quantiser's mode is restored."""
+    training = quantizer.training
+    quantizer.eval()
+    try:
+        with torch.no_grad():
+            return model(images).reconstruction
+    finally:
+        quantizer.train(training)
+
+
 def train(config: VQGANTrainConfig) -> dict[str, float]:
     """Train as ``config`` says; returns the last logged values and the final test measurements."""
     train_data, test_data = load_split(config, "train"), load_split(config, "test")
@@ -142,13 +157,7 @@ def train(config: VQGANTrainConfig) -> dict[str, float]:
             if trainer.step < config.discriminator_start:  # the zero of discriminator_loss; no reconstruction needed
                 return discriminator_loss(discriminator, batch.images, batch.images, trainer.step,
                                           config.discriminator_start), {}  # fmt: skip
-            # The quantiser in eval mode: only the autoencoder's update moves its EMA codebook and usage counts.
-            quantizer.eval()
-            try:
-                with torch.no_grad():
-                    fake = model(batch.images).reconstruction
-            finally:
-                quantizer.train()
+            fake = reconstruct_without_updating(model, quantizer, batch.images)
             return discriminator_loss(discriminator, batch.images, fake, trainer.step, config.discriminator_start), {}
 
         trainer.add_update("discriminator", torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas),
