@@ -127,3 +127,31 @@ def test_euler_and_heun_trajectories_equal_diffusers(order: int, spacing: str) -
     torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
     evaluations = 12 if order == 1 else 23
     assert sampler.function_evaluations == evaluations == len(reference.timesteps)
+
+
+@pytest.mark.parametrize("steps", [10, 20])
+def test_ddim_with_the_samplers_x0_clipping_equals_diffusers(steps: int) -> None:
+    """The path diffusion-sample runs by default: x0 clamped to [-1, 1] and eps recomputed from it (Denoiser's
+    clip_x0) equals DDIMScheduler with clip_sample and use_clipped_model_output, over a whole 10- or 20-step
+    trajectory of a fixed eps-network whose x0 predictions leave [-1, 1]."""
+    reference = DDIMScheduler(prediction_type="epsilon", clip_sample=True, set_alpha_to_one=True)
+    reference.set_timesteps(steps)
+    weight = torch.randn(2, 2, generator=torch.Generator().manual_seed(1))
+
+    def network(x_t: torch.Tensor, t: torch.Tensor, condition: object = None) -> torch.Tensor:
+        return torch.einsum("oc,nchw->nohw", weight, x_t) * (1 + t.reshape(-1, 1, 1, 1) / 1000)
+
+    schedule = linear_schedule()
+    denoiser = Denoiser(network, schedule, "eps", clip_x0=True)
+    unclipped = Denoiser(network, schedule, "eps")
+    sampler = DDIMSampler(schedule, steps, 0.0, "leading")
+    ours = theirs = inputs(2)[0]
+    clipped = 0
+    for index, t in enumerate(sampler.timesteps):
+        output = denoiser(ours, torch.tensor(float(t)))
+        clipped += int((unclipped(ours, torch.tensor(float(t))).x0.abs() > 1).sum())
+        ours = sampler.update(output, ours, t, sampler.previous_timestep(index), torch.zeros_like(ours))
+        eps = network(theirs, torch.full((3,), float(t)))
+        theirs = reference.step(eps, t, theirs, eta=0.0, use_clipped_model_output=True).prev_sample
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert clipped > 0, "the clamp never acted, so this test would not see it"
