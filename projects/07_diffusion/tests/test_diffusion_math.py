@@ -212,6 +212,24 @@ def test_ddim_with_eta_zero_is_deterministic_and_inverts() -> None:
     assert errors[200] < 0.02 and errors[200] < errors[20] / 3, errors
 
 
+@pytest.mark.parametrize("steps", [10, 1000])
+def test_ddim_with_eta_one_is_the_ddpm_step(steps: int) -> None:
+    """DDIM, Sec. 4.1: with eta = 1 the generalised step is DDPM's ancestral step with variance beta_tilde, on the
+    full chain and on a respaced one. Given one x0 prediction, its eps (so both see the same x_t), and one noise
+    draw, the two updates agree at every step of the schedule."""
+    schedule = linear_schedule()
+    ddim, ddpm = DDIMSampler(schedule, steps, eta=1.0), DDPMSampler(schedule, steps, variance="beta_tilde")
+    assert ddim.timesteps == ddpm.timesteps
+    x_t, x0 = torch.randn(2, 64, 1, 2, 2, generator=generator(13))
+    for index in range(0, steps, max(1, steps // 10)):
+        t, t_prev = ddim.timesteps[index], ddim.previous_timestep(index)
+        alpha, sigma = schedule.alpha_sigma(torch.full((64,), t))
+        prediction = DenoiserOutput(x0, to_x0_and_eps(x0, "x0", x_t, alpha, sigma)[1])
+        noise = torch.randn(x_t.shape, generator=generator(index))
+        ours, reference = ddim.update(prediction, x_t, t, t_prev, noise), ddpm.update(prediction, x_t, t, t_prev, noise)
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+
+
 def test_respaced_ddpm_uses_the_respaced_betas() -> None:
     """On N < T steps the step variance is beta = 1 - alpha_bar_t / alpha_bar_t_prev (Nichol & Dhariwal, Sec. 4):
     one step from t = 500 to 250 with x0_hat = x_t = 0 has standard deviation sqrt(beta_tilde) of that jump."""
