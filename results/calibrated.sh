@@ -5,8 +5,10 @@
 set -euo pipefail
 minutes=$1 run=$2 script=$3; shift 3
 rm -rf "$run-calib"
+mkdir -p "$(dirname "$run")"
 uv run "$script" "$@" --steps 10000000 --time-limit 1 --run-dir "$run-calib" --no-progress --eval-every 0 \
   > "$run-calib.log" 2>&1 || true
+[ -s "$run-calib/metrics.jsonl" ] || { echo "calibration run failed ($run-calib.log):" >&2; tail -3 "$run-calib.log" >&2; exit 1; }
 steps=$(python3 -c "
 import json,sys
 rows=[json.loads(l) for l in open(sys.argv[1]+'/metrics.jsonl') if l.strip()]
