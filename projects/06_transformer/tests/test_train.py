@@ -35,6 +35,23 @@ def test_gpt_train_learns_a_text_and_writes_its_validation_loss(tmp_path: Path) 
     assert json.loads((run / "config.json").read_text())["vocabulary"] == "".join(vocabulary)
 
 
+def test_the_end_of_training_evaluates_the_validation_split_once(tmp_path: Path, monkeypatch) -> None:
+    text = tmp_path / "input.txt"
+    text.write_text("the cat sat on the mat. " * 50)
+    calls = []
+    measure = train.validation_loss
+    monkeypatch.setattr(train, "validation_loss", lambda *args, **kwargs: calls.append(1) or measure(*args, **kwargs))
+    run = tmp_path / "run"
+    flags = [*TINY, "--eval-every", "0", "--checkpoint-every", "0"]
+    train.main(["--text", str(text), *flags, "--steps", "20", "--run-dir", str(run)])
+    results = json.loads((run / "results.json").read_text())
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(calls) == 1  # the loop's evaluation at the last step is the final one, not repeated
+    assert results["step"] == 20 and [row["eval/val_loss"] for row in logged if "eval/val_loss" in row] == [
+        results["loss_nats"]
+    ]
+
+
 def test_the_validation_loss_covers_the_split_once_with_the_model_s_context() -> None:
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=8)).eval()

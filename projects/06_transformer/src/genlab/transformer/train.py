@@ -191,14 +191,19 @@ def train_tokens(config: GPTTrainConfig) -> dict[str, float]:
 
     add_gpt_update(trainer, config, loss)
 
+    latest: dict[str, float] = {}  # the last evaluation and its step: fit evaluates at the end, so reuse that one
+
     def eval_fn(trainer: Trainer) -> dict[str, float]:
-        measured = token_evaluation(trainer.eval_model("gpt"), layout, test_data.to(trainer.device))
-        return {f"test_{k}": v for k, v in measured.items()}
+        latest.clear()
+        latest.update(token_evaluation(trainer.eval_model("gpt"), layout, test_data.to(trainer.device)))
+        latest["step"] = trainer.step
+        return {f"test_{k}": v for k, v in latest.items() if k != "step"}
 
     results = trainer.fit(train_data, eval_fn=eval_fn)
     if trainer.accelerator.is_main_process:
-        final = token_evaluation(trainer.eval_model("gpt"), layout, test_data.to(trainer.device))
-        final["step"] = trainer.step
+        if latest.get("step") != trainer.step:  # stopped by a signal between evaluations
+            eval_fn(trainer)
+        final = dict(latest)
         reconstruction = tokens.info.get("reconstruction")
         if "nats_per_grid" in final and reconstruction and len(tokens.levels) == 1:
             # -log p(x) <= -log p(x | z) - log p(z): the decoder's term plus the prior's, over the image's dims
@@ -236,13 +241,19 @@ def train(config: GPTTrainConfig) -> dict[str, float]:
     model = trainer.add_model("gpt", GPT(architecture))
     add_gpt_update(trainer, config, lambda batch: (next_token_loss(model, batch.images), {}))
 
+    latest: dict[str, float] = {}  # the last evaluation and its step: fit evaluates at the end, so reuse that one
+
     def eval_fn(trainer: Trainer) -> dict[str, float]:
-        return {"val_loss": validation_loss(trainer.eval_model("gpt"), val_data.to(trainer.device))["loss_nats"]}
+        latest.clear()
+        latest.update(validation_loss(trainer.eval_model("gpt"), val_data.to(trainer.device)), step=trainer.step)
+        return {"val_loss": latest["loss_nats"]}
 
     results = trainer.fit(train_data, eval_fn=eval_fn)
     if trainer.accelerator.is_main_process:
         gpt = trainer.eval_model("gpt")
-        final = {**validation_loss(gpt, val_data.to(trainer.device)), "step": trainer.step}
+        if latest.get("step") != trainer.step:  # stopped by a signal between evaluations
+            eval_fn(trainer)
+        final = dict(latest)
         final["bits_per_character"] = final.pop("bits_per_token")
         write_results(trainer.run_dir, final)
         prompt = torch.tensor([[train_data.vocabulary.index("\n") if "\n" in train_data.vocabulary else 0]])
