@@ -169,6 +169,23 @@ def token_evaluation(model: GPT, layout: TokenLayout, data: SequenceDataset) -> 
     return {"masked_token_loss_nats": total / len(codes)}
 
 
+class LastEvaluation:
+    """An evaluation that remembers its last result and step. fit evaluates at its last step, so the final results
+    reuse that one instead of evaluating the same weights again; after a stop between evaluations they measure."""
+
+    def __init__(self, evaluate: Callable[[], dict[str, float]]) -> None:
+        self.evaluate, self.step, self.values = evaluate, -1, {}
+
+    def __call__(self, trainer: Trainer) -> dict[str, float]:
+        self.step, self.values = trainer.step, self.evaluate()
+        return self.values
+
+    def final(self, trainer: Trainer) -> dict[str, float]:
+        if self.step != trainer.step:
+            self(trainer)
+        return {**self.values, "step": trainer.step}
+
+
 def train_tokens(config: GPTTrainConfig) -> dict[str, float]:
     """A GPT or MaskGIT prior over one level of a token folder's grids."""
     layout, train_data, tokens = token_split(config.tokens, "train", config)
@@ -191,19 +208,11 @@ def train_tokens(config: GPTTrainConfig) -> dict[str, float]:
 
     add_gpt_update(trainer, config, loss)
 
-    latest: dict[str, float] = {}  # the last evaluation and its step: fit evaluates at the end, so reuse that one
-
-    def eval_fn(trainer: Trainer) -> dict[str, float]:
-        latest.clear()
-        latest.update(token_evaluation(trainer.eval_model("gpt"), layout, test_data.to(trainer.device)))
-        latest["step"] = trainer.step
-        return {f"test_{k}": v for k, v in latest.items() if k != "step"}
-
-    results = trainer.fit(train_data, eval_fn=eval_fn)
+    test_data = test_data.to(trainer.device)
+    evaluation = LastEvaluation(lambda: token_evaluation(trainer.eval_model("gpt"), layout, test_data))
+    results = trainer.fit(train_data, eval_fn=lambda t: {f"test_{k}": v for k, v in evaluation(t).items()})
     if trainer.accelerator.is_main_process:
-        if latest.get("step") != trainer.step:  # stopped by a signal between evaluations
-            eval_fn(trainer)
-        final = dict(latest)
+        final = evaluation.final(trainer)
         reconstruction = tokens.info.get("reconstruction")
         if "nats_per_grid" in final and reconstruction and len(tokens.levels) == 1:
             # -log p(x) <= -log p(x | z) - log p(z): the decoder's term plus the prior's, over the image's dims
@@ -241,19 +250,11 @@ def train(config: GPTTrainConfig) -> dict[str, float]:
     model = trainer.add_model("gpt", GPT(architecture))
     add_gpt_update(trainer, config, lambda batch: (next_token_loss(model, batch.images), {}))
 
-    latest: dict[str, float] = {}  # the last evaluation and its step: fit evaluates at the end, so reuse that one
-
-    def eval_fn(trainer: Trainer) -> dict[str, float]:
-        latest.clear()
-        latest.update(validation_loss(trainer.eval_model("gpt"), val_data.to(trainer.device)), step=trainer.step)
-        return {"val_loss": latest["loss_nats"]}
-
-    results = trainer.fit(train_data, eval_fn=eval_fn)
+    evaluation = LastEvaluation(lambda: validation_loss(trainer.eval_model("gpt"), val_data.to(trainer.device)))
+    results = trainer.fit(train_data, eval_fn=lambda t: {"val_loss": evaluation(t)["loss_nats"]})
     if trainer.accelerator.is_main_process:
         gpt = trainer.eval_model("gpt")
-        if latest.get("step") != trainer.step:  # stopped by a signal between evaluations
-            eval_fn(trainer)
-        final = dict(latest)
+        final = evaluation.final(trainer)
         final["bits_per_character"] = final.pop("bits_per_token")
         write_results(trainer.run_dir, final)
         prompt = torch.tensor([[train_data.vocabulary.index("\n") if "\n" in train_data.vocabulary else 0]])
