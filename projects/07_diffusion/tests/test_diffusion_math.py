@@ -18,9 +18,11 @@ from genlab.diffusion.schedules import cosine_schedule, linear_schedule, make_sc
 from genlab.diffusion.sde import (
     VESDE,
     VPSDE,
+    noise_level_grid,
     ode_log_likelihood,
     predictor_corrector_sample,
     probability_flow_sample,
+    score_from_denoiser,
 )
 
 MIXTURE = GaussianMixture(means=[-0.6, 0.5], stds=[0.15, 0.25], weights=[0.3, 0.7])
@@ -190,6 +192,52 @@ def test_ode_likelihood_matches_the_exact_density(sde, exact_trace: bool) -> Non
         torch.testing.assert_close(estimate, exact, atol=0.05, rtol=0)
     else:
         assert abs((estimate - exact).mean().item()) < 0.1
+
+
+# data as narrow as 8-bit pixels (a bin of 8-bit data in [-1, 1] is 1/128 wide): its score near t = 0 is
+# of size 1 / sigma(t)^2, the stiffness that broke the likelihood of a trained network on a grid uniform in t
+PIXEL_LIKE = GaussianMixture(means=[-1.0, 0.2], stds=[0.003, 0.003], weights=[0.6, 0.4])
+
+
+@pytest.mark.parametrize("t_min", [1e-5, 1e-3])
+def test_ode_likelihood_of_pixel_narrow_data_matches_the_exact_density(t_min: float) -> None:
+    """From t_min the change of variables gives log p_{t_min}(x0) exactly, even where p_t is sharp: the grid
+    (equal steps in log sigma) must resolve the time scale of the score near t = 0."""
+    sde = VPSDE()
+    x0 = PIXEL_LIKE.sample(100, generator(12))
+    estimate = ode_log_likelihood(sde, vp_score(PIXEL_LIKE, sde), x0, 200, t_min, exact_trace=True)
+    alpha, sigma = sde.marginal(torch.tensor([t_min], dtype=torch.float64))
+    exact = PIXEL_LIKE.log_prob(x0, alpha, sigma)
+    torch.testing.assert_close(estimate, exact, atol=0.05, rtol=0)
+
+
+def test_the_noise_level_grid_is_uniform_in_log_sigma_and_ends_at_its_bounds() -> None:
+    vp, ve = VPSDE(), VESDE()
+    times = noise_level_grid(vp, 50, 1e-4)
+    assert times[0].item() == 1e-4 and times[-1].item() == 1.0 and (times.diff() > 0).all()
+    alpha, sigma = vp.marginal(times)
+    log_ratio_steps = (sigma / alpha).log().diff()
+    torch.testing.assert_close(log_ratio_steps, torch.full_like(log_ratio_steps, log_ratio_steps.mean().item()))
+    # the VE SDE's log sigma is linear in t: its grid is the uniform one
+    torch.testing.assert_close(noise_level_grid(ve, 10, 0.0), torch.linspace(0, 1, 11, dtype=torch.float64))
+
+
+def test_a_ddpm_network_as_a_score_is_asked_about_the_sdes_noise_level() -> None:
+    """score_from_denoiser calls the network at the DDPM timestep whose sigma / alpha is the VP SDE's at t, and
+    divides its eps by the SDE's sigma (at t near 0 the two readings of "timestep t (N - 1)" differ by half)."""
+    schedule, vp = linear_schedule(), VPSDE()
+    asked = {}
+
+    def denoise(x: torch.Tensor, timestep: torch.Tensor, condition: object) -> DenoiserOutput:
+        asked["timestep"] = timestep
+        return DenoiserOutput(torch.zeros_like(x), torch.ones_like(x))
+
+    times = torch.tensor([1e-3, 3e-3, 0.05, 0.3, 0.7, 1.0])
+    score = score_from_denoiser(denoise, vp, schedule)(torch.zeros(len(times), 1, 2, 2), times)
+    alpha, sigma = vp.marginal(times)
+    network_alpha, network_sigma = schedule.alpha_sigma(asked["timestep"])
+    torch.testing.assert_close(network_sigma / network_alpha, sigma / alpha, rtol=0.01, atol=0)
+    torch.testing.assert_close(score, -1 / sigma.reshape(-1, 1, 1, 1).expand_as(score))
 
 
 def test_ddim_with_eta_zero_is_deterministic_and_inverts() -> None:

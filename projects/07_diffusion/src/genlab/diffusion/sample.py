@@ -218,7 +218,7 @@ class DiffusionRun:
             raise GenlabError("--sampler pc/ode use the VP SDE with beta in [0.1, 20], DDPM's linear schedule at "
                               "T = 1000 in continuous time; this run has another schedule")  # fmt: skip
         vp = VPSDE()
-        score = score_from_denoiser(denoise, vp, self.schedule.num_timesteps, labels)
+        score = score_from_denoiser(denoise, vp, self.schedule, labels)
         if config.sde == "ve":
             ve = VESDE()
             sde, score = ve, ve_time_score(ve_score_from_vp(score, vp), ve)
@@ -274,8 +274,10 @@ def likelihoods(diffusion: DiffusionRun) -> dict[str, Any]:
             levels = (batch + 1) * 127.5  # k in 0..255
             dequantised = (levels + torch.rand(batch.shape, generator=run.generator).to(batch.device)) / 128 - 1
             vp = VPSDE()
-            score = score_from_denoiser(denoiser, vp, 1000, null)
-            log_p = ode_log_likelihood(vp, score, dequantised, config.ode_steps, generator=run.generator)
+            score = score_from_denoiser(denoiser, vp, diffusion.schedule, null)
+            # start where the network's noise levels start (DDPM's first step, sigma = 0.01), not below them
+            t_min = float(vp.time_of_noise_ratio(diffusion.schedule.sigmas_ve[:1].double()))
+            log_p = ode_log_likelihood(vp, score, dequantised, config.ode_steps, t_min, generator=run.generator)
             ode.append(bits_per_dim_from_log_likelihood(log_p, batch[0].numel()))
     results: dict[str, Any] = {"images": len(x0), "elbo_bits_per_dim": float(torch.cat(elbo).mean()),
                                "elbo_variance": diffusion.variance}  # fmt: skip

@@ -25,9 +25,9 @@ instantaneous change of variables (eq. 39 and App. D.2):
 
 with the divergence estimated by Hutchinson's trace estimator, E_z[z^T (d f_tilde / d x) z], z Rademacher.
 
-A network trained on a discrete DDPM schedule of N steps is a VP score model through s(x, t) = -eps_hat(x, t (N-1))
-/ sigma(t) (Song et al.'s use of DDPM checkpoints); the VE view of the same network is the change of variables
-x_ve = x_vp / alpha (``ve_score_from_vp``).
+A network trained on a discrete DDPM schedule of N steps is a VP score model through s(x, t) = -eps_hat(x, tau)
+/ sigma(t), tau the timestep with the SDE's noise level at t (``score_from_denoiser``); the VE view of the same
+network is the change of variables x_ve = x_vp / alpha (``ve_score_from_vp``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from genlab.diffusion.prediction import DenoiserOutput
-from genlab.diffusion.schedules import expand_like
+from genlab.diffusion.schedules import NoiseSchedule, expand_like
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]  # s(x (B, ...), t (B,)) -> grad_x log p_t(x) (B, ...)
@@ -65,6 +65,12 @@ class VPSDE:
 
     def diffusion(self, t: Tensor) -> Tensor:
         return self.beta(t).sqrt()  # g(t) = sqrt(beta(t))
+
+    def time_of_noise_ratio(self, ratio: Tensor) -> Tensor:
+        """The t at which sigma(t) / alpha(t) = ``ratio``: 1 / alpha^2 = 1 + ratio^2, so the quadratic
+        1/2 t^2 (beta_max - beta_min) + t beta_min = log(1 + ratio^2)."""
+        spread = self.beta_max - self.beta_min
+        return (-self.beta_min + (self.beta_min**2 + 2 * spread * torch.log1p(ratio**2)).sqrt()) / spread
 
     def prior_sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(shape, generator=generator)
@@ -91,6 +97,10 @@ class VESDE:
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
         return torch.ones_like(t), self.sigma(t)
 
+    def time_of_noise_ratio(self, ratio: Tensor) -> Tensor:
+        """The t at which sigma(t) / alpha(t) = sigma(t) = ``ratio``: log sigma is linear in t."""
+        return torch.log(ratio / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         return torch.zeros_like(x)
 
@@ -113,15 +123,34 @@ class VESDE:
 SDE = VPSDE | VESDE
 
 
+def noise_level_grid(sde: SDE, num_steps: int, t_min: float) -> Tensor:
+    """Times t_min = t_0 < ... < t_n = 1, float64, equally spaced in log(sigma(t) / alpha(t)) (minus half the log-
+    SNR). Near t = 0 the score is of size 1 / sigma and the VP's sigma^2 grows like beta_min t, so the drift changes
+    on a time scale proportional to t: equal steps in t are far too long there (200 of them from t = 1e-5 gave an
+    impossible negative bits/dim on a trained network), equal steps in log sigma keep h / t about constant. For the
+    VE SDE log sigma is linear in t and this grid is the uniform one."""
+    ends = torch.tensor([t_min, 1.0], dtype=torch.float64)
+    alpha, sigma = sde.marginal(ends)
+    log_ratios = torch.linspace(*(sigma / alpha).log().tolist(), num_steps + 1, dtype=torch.float64)
+    times = sde.time_of_noise_ratio(log_ratios.exp())
+    times[0], times[-1] = t_min, 1.0  # exact ends, not their round trip through log and sqrt
+    return times
+
+
 def score_from_denoiser(
-    denoise: Callable[[Tensor, Tensor, Any], DenoiserOutput], sde: VPSDE, num_train_timesteps: int,
+    denoise: Callable[[Tensor, Tensor, Any], DenoiserOutput], sde: VPSDE, schedule: NoiseSchedule,
     condition: Any = None,
 ) -> ScoreFn:  # fmt: skip
-    """A discrete-time eps-network as the VP SDE's score: s(x, t) = -eps_hat(x, t (N - 1)) / sigma(t)."""
+    """A discrete-time eps-network as the VP SDE's score, s(x, t) = -eps_hat(x, tau) / sigma(t), where tau is the
+    (fractional) timestep of ``schedule`` with the same noise level sigma / alpha as the SDE at t. For DDPM's
+    schedule tau is about t N - 1; Song et al. label DDPM checkpoints t (N - 1), one step off, which matters only
+    near t = 0 (at t = 1 / N it asks the network about sigma = 0.015 while the SDE's is 0.010). Below the first
+    step the timestep stays at 0, the smallest noise level the network was trained on."""
 
     def score(x: Tensor, t: Tensor) -> Tensor:
-        _, sigma = sde.marginal(t)
-        eps = denoise(x, t * (num_train_timesteps - 1), condition).eps
+        alpha, sigma = sde.marginal(t)
+        timestep = schedule.timestep_of_sigma((sigma / alpha).cpu())
+        eps = denoise(x, timestep, condition).eps
         return -eps / expand_like(sigma, x)
 
     return score
@@ -129,12 +158,11 @@ def score_from_denoiser(
 
 def ve_score_from_vp(vp_score: ScoreFn, vp: VPSDE) -> Callable[[Tensor, Tensor], Tensor]:
     """The VE view of a VP score model, as a function of the VE noise level sigma (B,): x_ve = x_vp / alpha has
-    noise level sigma = sigma_vp / alpha at the VP time tau solving 1 / alpha(tau)^2 = 1 + sigma^2, i.e.
-    1/2 tau^2 (beta_max - beta_min) + tau beta_min = log(1 + sigma^2); and s_ve(x_ve) = alpha s_vp(alpha x_ve)."""
-    spread = vp.beta_max - vp.beta_min
+    noise level sigma = sigma_vp / alpha at the VP time tau with sigma_vp(tau) / alpha(tau) = sigma, and
+    s_ve(x_ve) = alpha s_vp(alpha x_ve)."""
 
     def score(x_ve: Tensor, sigma: Tensor) -> Tensor:
-        tau = (-vp.beta_min + (vp.beta_min**2 + 2 * spread * torch.log1p(sigma**2)).sqrt()) / spread
+        tau = vp.time_of_noise_ratio(sigma)
         alpha = expand_like(1 / (1 + sigma**2).sqrt(), x_ve)
         return alpha * vp_score(alpha * x_ve, tau)
 
@@ -191,8 +219,9 @@ def ode_drift(sde: SDE, score: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
 @torch.no_grad()
 def probability_flow_sample(sde: SDE, score: ScoreFn, x_T: Tensor, num_steps: int = 100, t_min: float = 1e-3
                             ) -> Tensor:  # fmt: skip
-    """Integrate the probability-flow ODE from t = 1 to t_min by Heun's method (2 evaluations per step)."""
-    times = torch.linspace(1.0, t_min, num_steps + 1, dtype=torch.float64)
+    """Integrate the probability-flow ODE from t = 1 to t_min by Heun's method (2 evaluations per step) on
+    ``noise_level_grid``."""
+    times = noise_level_grid(sde, num_steps, t_min).flip(0)
     x = x_T
     for t_now, t_next in itertools.pairwise(times):
         h = float(t_next - t_now)
@@ -228,11 +257,13 @@ def ode_log_likelihood(
     generator: torch.Generator | None = None,
 ) -> Tensor:  # fmt: skip
     """log p_0(x0) per example, in nats, by the instantaneous change of variables along the probability-flow ODE
-    from t_min to 1 (Heun's method; one Rademacher probe per example held fixed along the path, App. D.2)."""
+    from t_min to 1 (Heun's method on ``noise_level_grid``; one Rademacher probe per example held fixed along the
+    path, App. D.2). Strictly it is log p_{t_min}(x0), x0 taken as a point at time t_min: a network trained down to
+    some smallest noise level should be given the t_min of that level."""
     probe = None
     if not exact_trace:
         probe = (torch.randint(0, 2, x0.shape, generator=generator) * 2 - 1).to(x0.device, x0.dtype)
-    times = torch.linspace(t_min, 1.0, num_steps + 1, dtype=torch.float64)
+    times = noise_level_grid(sde, num_steps, t_min)
     x = x0
     integral = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
     for t_now, t_next in itertools.pairwise(times):
