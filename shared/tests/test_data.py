@@ -386,6 +386,17 @@ def test_text_is_split_by_position_and_read_as_every_window(tmp_path: Path) -> N
     assert ["".join(train.vocabulary[i] for i in row) for row in batch.tolist()] == [text[0:5], text[85:90], text[7:12]]
 
 
+def test_text_beyond_ascii_keeps_one_token_per_character_in_code_point_order(tmp_path: Path) -> None:
+    text = "Zoë saw 🙂 — ça va?\n" * 5  # two-, three- and four-byte UTF-8 characters
+    (tmp_path / "input.txt").write_text(text, encoding="utf-8")
+    train = load_text(tmp_path / "input.txt", "train", window=3)
+    test = load_text(tmp_path / "input.txt", "test", window=3)
+    assert train.vocabulary == sorted(set(text)) and train.vocabulary[-1] == "🙂"
+    cut = int(len(text) * 0.9)
+    assert "".join(train.vocabulary[i] for i in train.tokens.tolist()) == text[:cut]
+    assert "".join(test.vocabulary[i] for i in test.tokens.tolist()) == text[cut:]
+
+
 def test_a_batch_stream_draws_each_window_once_per_epoch(tmp_path: Path) -> None:
     tokens = torch.arange(20)
     data = SequenceDataset("stream", "train", tokens, window=4)  # 17 windows

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.utils import make_grid
 
 from genlab.core.visualise import (
     interpolate_latents,
@@ -17,6 +18,7 @@ from genlab.core.visualise import (
     save_gif,
     save_grid,
     slerp,
+    tile,
     to_unit,
     training_progress_gif,
 )
@@ -26,6 +28,13 @@ def read_png(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         assert image.format == "PNG"
         return np.asarray(image.convert("RGB"))
+
+
+@pytest.mark.parametrize(("count", "channels", "nrow", "padding"), [(7, 1, 3, 2), (5, 3, 8, 0), (16, 3, 4, 1)])
+def test_tile_lays_out_images_as_torchvision_make_grid(count: int, channels: int, nrow: int, padding: int) -> None:
+    images = torch.rand(count, channels, 5, 6, generator=torch.Generator().manual_seed(count))
+    expected = make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)
+    torch.testing.assert_close(tile(images, nrow, padding), expected, rtol=0, atol=0)
 
 
 def test_save_grid_pixels(tmp_path: Path) -> None:

@@ -153,11 +153,12 @@ def load_text(path: str | Path, split: Split, window: int, train_fraction: float
         text = path.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError) as error:
         raise GenlabError(f"{path} is not readable UTF-8 text ({error})") from None
-    vocabulary = sorted(set(text))
-    lookup = {char: i for i, char in enumerate(vocabulary)}
+    code_points = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")  # one per character, in a vectorised pass
+    vocabulary_points = np.unique(code_points)  # sorted: the vocabulary in code-point order
     cut = int(len(text) * train_fraction)
-    part = text[:cut] if split == "train" else text[cut:]
-    tokens = torch.tensor([lookup[char] for char in part], dtype=torch.int64)
+    part = code_points[:cut] if split == "train" else code_points[cut:]
+    tokens = torch.from_numpy(np.searchsorted(vocabulary_points, part).astype(np.int64))
+    vocabulary = [chr(point) for point in vocabulary_points.tolist()]
     return SequenceDataset(path.stem, split, tokens, window, vocabulary=vocabulary)
 
 

@@ -10,9 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure
 from PIL import Image
-from torchvision.utils import make_grid
 
 
 def to_unit(images: torch.Tensor, value_range: str) -> torch.Tensor:
@@ -24,11 +22,29 @@ def to_unit(images: torch.Tensor, value_range: str) -> torch.Tensor:
     return images.float().clamp(0.0, 1.0)
 
 
+def tile(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
+    """(N, C, H, W) -> one (3, H', W') grid of min(nrow, N) columns with ``padding`` pixels of ``pad_value``
+    around every image; one channel is repeated to three. The layout of torchvision's make_grid (tested), kept
+    here so that drawing a picture does not import torchvision, whose import costs seconds of a short run."""
+    count, channels, height, width = images.shape
+    if channels == 1:
+        images = images.expand(-1, 3, -1, -1)
+    columns = min(nrow, count)
+    rows = math.ceil(count / columns)
+    cell_height, cell_width = height + padding, width + padding
+    grid = torch.full((3, rows * cell_height + padding, columns * cell_width + padding), pad_value)
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        top, left = padding + row * cell_height, padding + column * cell_width
+        grid[:, top : top + height, left : left + width] = image
+    return grid
+
+
 def grid_image(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> Image.Image:
     """A PIL image of a grid, ``nrow`` images per row (default: a square)."""
     images = images.detach().float().clamp(0, 1).cpu()
     nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
-    grid = make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)  # (3, H', W')
+    grid = tile(images, nrow, padding)  # (3, H', W')
     array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return Image.fromarray(array)
 
@@ -124,6 +140,8 @@ def plot_curves(
     sampler); references such as a paper's numbers are drawn dashed when their label starts with "paper"."""
     if not curves or any(len(points) == 0 for points in curves.values()):
         raise ValueError("plot_curves needs at least one curve, each with at least one point")
+    from matplotlib.figure import Figure  # here, not at the top: most runs never plot, and the import is slow
+
     figure = Figure(figsize=(6.4, 4.2), dpi=120)  # the object API: no pyplot state, no display needed
     axes = figure.subplots()
     for label, points in curves.items():
