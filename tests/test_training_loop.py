@@ -758,8 +758,14 @@ def test_a_signal_outside_the_loop_is_one_line(capsys: pytest.CaptureFixture, si
         signal.raise_signal(signum)
         time.sleep(5)
 
-    with pytest.raises(SystemExit) as exit_info:
-        script()
+    # Python's own Ctrl-C handler, as a foreground process has it: a shell's background job (pytest run under nohup
+    # or with &) inherits SIGINT ignored, and then no KeyboardInterrupt is ever raised.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            script()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert exit_info.value.code == 128 + signum
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "Traceback" not in err and signal.Signals(signum).name in err
