@@ -452,6 +452,16 @@ def test_two_processes_match_one(one_process_batch_32: dict[str, Any], tmp_path:
     assert moved.abs().max() > 1e-3, "sanity: 20 steps move the weights by far more than the tolerance"
 
 
+def test_unwrap_returns_the_module_under_a_compile_wrapper(tmp_path: Path) -> None:
+    """With --compile the trained model is torch.compile's wrapper; unwrap (what checkpoints and sampling read) is
+    the module add_model was given, with unprefixed weights."""
+    trainer = build_deterministic(deterministic_config(tmp_path / "run", compile=True))
+    wrapped, bare = trainer.models["ae"], trainer.unwrap("ae")
+    assert wrapped is not bare and isinstance(bare, TinyAutoencoder)
+    assert wrapped._orig_mod is bare
+    assert set(bare.state_dict()) == set(TinyAutoencoder().state_dict())
+
+
 def test_gradient_accumulation_equals_larger_batch(one_process_batch_32: dict[str, Any], tmp_path: Path) -> None:
     """grad_accum=2 with batch 16 takes the same steps as batch 32: the stream's two micro-batches are the two
     halves of the batch of 32 (same epoch permutation), and the accumulated gradient is their mean."""

@@ -81,6 +81,25 @@ def test_gpt_train_mistakes_are_one_line(tmp_path: Path, user_error: Callable[..
     assert "--dropout" in user_error(train.main, [*TINY, "--dropout", "1.5"])
 
 
+def test_no_bias_trains_and_samples_without_biases(tmp_path: Path) -> None:
+    """--no-bias (nanoGPT's default): no bias in any linear layer or layer norm, and gpt-sample rebuilds the same."""
+    from genlab.core.checkpoint import load_pretrained
+    from genlab.transformer import sample
+
+    text = tmp_path / "input.txt"
+    text.write_text("abcabcabc " * 100)
+    run = tmp_path / "run"
+    train.main(["--text", str(text), *TINY, "--steps", "10", "--no-bias", "--run-dir", str(run)])
+    model = load_pretrained(run, GPT, "gpt", "transformer")
+    assert not [name for name, _ in model.named_parameters() if name.endswith("bias")]
+    with_bias = GPT(GPTConfig(**{**model.config.__dict__, "bias": True}))
+    assert sum(p.numel() for p in with_bias.parameters()) - sum(p.numel() for p in model.parameters()) == (
+        1 * (3 * 16 + 16 + 4 * 16 + 16 + 2 * 16) + 16  # per block: qkv, proj, fc, proj, two norms; the final norm
+    )
+    sample.main(["--run", str(run), "--prompt", "a", "--chars", "5", "--device", "cpu"])
+    assert len((run / "samples" / "samples.txt").read_text()) == 6
+
+
 def test_gpt_sample_continues_a_prompt_and_refuses_what_a_text_run_cannot_do(
     tmp_path: Path, user_error: Callable[..., str]
 ) -> None:

@@ -66,6 +66,7 @@ class GPTTrainConfig(TrainConfig):
     n_embd: int = option(192, "width of the residual stream")
     block_size: int = option(128, "context length in characters (a token prior's is its sequence's length)")
     dropout: float = option(0.0, "dropout on embeddings, attention and residual branches")
+    bias: bool = option(True, "biases in the linear layers and layer norms (GPT-2 has them; nanoGPT's default not)")
     sample_chars: int = option(1_000, "characters of text to sample at the end")
 
     resumable = (*TrainConfig.resumable, "sample_chars", "text", "tokens")
@@ -196,7 +197,7 @@ def train_tokens(config: GPTTrainConfig) -> dict[str, float]:
     config.image_size = tokens.info.get("image_size")  # so that genlab-eval compares with images of this size
     architecture = GPTConfig(
         vocab_size=layout.vocab_size, block_size=layout.block_size, n_layer=config.n_layer, n_head=config.n_head,
-        n_embd=config.n_embd, dropout=config.dropout, causal=not layout.maskgit,
+        n_embd=config.n_embd, dropout=config.dropout, bias=config.bias, causal=not layout.maskgit,
     )  # fmt: skip
     autoencoder = tokens.info["autoencoder"]
     recorded = {"run": autoencoder["run"], "checkpoint": autoencoder["checkpoint"],
@@ -246,7 +247,7 @@ def train(config: GPTTrainConfig) -> dict[str, float]:
     config.dataset = config.dataset or (Path(config.text).stem if config.text else "shakespeare")
     architecture = GPTConfig(
         vocab_size=len(train_data.vocabulary), block_size=config.block_size, n_layer=config.n_layer,
-        n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout,
+        n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout, bias=config.bias,
     )  # fmt: skip
     trainer = Trainer(config, PROJECT, {"model": architecture, "vocabulary": "".join(train_data.vocabulary)})
     model = trainer.add_model("gpt", GPT(architecture))
