@@ -162,6 +162,17 @@ def test_psnr_by_hand() -> None:
     )
 
 
+def test_psnr_over_a_region_counts_only_its_pixels() -> None:
+    reference = torch.zeros(2, 3, 4, 4)
+    x = reference.clone()
+    x[:, :, :2] = 0.5  # the top half wrong by 0.5 (MSE 0.25 there), the bottom half exact
+    top = torch.zeros(1, 1, 4, 4)
+    top[..., :2, :] = 1
+    assert psnr(x, reference, where=top).tolist() == pytest.approx([10 * math.log10(4 / 0.25)] * 2)
+    assert psnr(x, reference, where=1 - top).min() > 100  # exact there: the clamp's 1e-20 floor
+    assert psnr(x, reference, where=torch.ones(1, 1, 4, 4)).tolist() == pytest.approx(psnr(x, reference).tolist())
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_ssim_equals_scikit_image(channels: int) -> None:
     """Against scikit-image's structural_similarity with Wang et al.'s Gaussian window (sigma 1.5), population

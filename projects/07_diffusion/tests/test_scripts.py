@@ -150,6 +150,11 @@ def test_edit_writes_results_beside_their_inputs_and_scores_them(
                                           "test")  # fmt: skip
         mask = diffusion_edit.named_mask("left" if task == "inpaint" else "border", 28).bool()[0]
         assert np.array_equal(samples[:, mask.numpy()], test.images[:6][:, mask].numpy())
+        # the missing region's PSNR, by hand from the 8-bit files, in [-1, 1] (range 2)
+        error = (samples.astype(float) - test.images[:6].numpy().astype(float)) / 255 * 2
+        mse = np.square(error[:, ~mask.numpy()]).reshape(6, -1).mean(1)
+        assert measured["missing_region_psnr_db"] == pytest.approx(np.mean(10 * np.log10(4 / mse)), abs=0.1)
+        assert measured["missing_region_psnr_db"] < measured["psnr_db"]  # the known pixels are exact
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -77,10 +77,18 @@ def mean_over_batches(values: Iterable[torch.Tensor]) -> float:
     return total / count
 
 
-def psnr(x: torch.Tensor, reference: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+def psnr(
+    x: torch.Tensor, reference: torch.Tensor, data_range: float = 2.0, where: torch.Tensor | None = None
+) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB per image, 10 log10(R^2 / MSE), R the data's peak-to-peak range (2 for
-    images in [-1, 1], 1 in [0, 1]): (B, C, H, W) twice -> (B,)."""
-    mse = (x.double() - reference.double()).square().flatten(1).mean(1)
+    images in [-1, 1], 1 in [0, 1]): (B, C, H, W) twice -> (B,). ``where`` (broadcastable to x, 1 on the pixels to
+    compare, 0 elsewhere) takes the MSE over those pixels only: an inpainting's missing region."""
+    error = (x.double() - reference.double()).square()
+    if where is None:
+        mse = error.flatten(1).mean(1)
+    else:
+        weight = torch.broadcast_to(where.to(error), error.shape)
+        mse = (error * weight).flatten(1).sum(1) / weight.flatten(1).sum(1)
     return 10 * torch.log10(data_range**2 / mse.clamp_min(1e-20))
 
 
