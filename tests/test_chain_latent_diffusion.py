@@ -76,3 +76,28 @@ def test_a_first_stage_must_be_an_autoencoder_with_a_spatial_latent(tmp_path: Pa
     diffusion_train.main([*LDM, "--steps", "1", "--run-dir", str(pixels)])
     err = user_error(diffusion_train.main, ["--first-stage", str(pixels), *LDM, "--run-dir", str(tmp_path / "m")])
     assert "a first stage is a run of vae-train" in err and not (tmp_path / "m").exists()
+
+
+def test_vae_sample_writes_the_first_stage_s_reconstructions_the_ldm_floor(
+    tmp_path: Path, user_error: Callable
+) -> None:
+    """vae-sample --npz-of reconstructions: the first N test images through the encoder's mean and the decoder,
+    the same images 07's KL first stage makes of them (its own path: diffusion's loader, moments, decode)."""
+    import torch
+
+    from genlab.diffusion.latent import KLFirstStage
+    from genlab.vae import sample as vae_sample
+
+    run, out = tmp_path / "kl", tmp_path / "recon"
+    train_first_stage("kl", run)
+    vae_sample.main(["--run", str(run), "--out", str(out), "--npz", "8", "--npz-of", "reconstructions",
+                     "--count", "4", "--interpolations", "1", "--traversal-dims", "0", "--device", "cpu"])  # fmt: skip
+    written = np.load(out / "samples.npz")["samples"].astype(int)
+    stage = KLFirstStage(load_pretrained(run, VAE, "vae", "vae"))
+    images = diffusion_train.load_split({"dataset": "synthetic"}, "test").batch(torch.arange(8)).images
+    with torch.no_grad():
+        expected = ((stage.decode(stage.moments(images)[0]) + 1) / 2 * 255).round().to(torch.uint8)
+    assert written.shape == (8, 1, 28, 28) and np.abs(written - expected.numpy().astype(int)).max() <= 1
+    err = user_error(vae_sample.main, ["--run", str(run), "--out", str(tmp_path / "o"), "--npz", "100000",
+                                       "--npz-of", "reconstructions", "--device", "cpu"])  # fmt: skip
+    assert "the test split has" in err and not (tmp_path / "o" / "samples.npz").exists()

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from genlab.core.config import option
+from genlab.core.errors import GenlabError
 from genlab.core.harness import SampleConfig, console_script, open_run, require_at_least, unit_to_uint8
 from genlab.core.visualise import interpolate_latents, latent_traversal, manifold_grid, to_unit
 from genlab.vae.model import VAE
@@ -35,6 +36,9 @@ class VAESampleConfig(SampleConfig):
     traversal_range: float = option(3.0, "each traversal sweeps z_i over [-range, range]")
     manifold_steps: int = option(20, "grid side for the 2-d latent manifold")
     nll_samples: int = option(0, "if > 0, estimate the test NLL with this many importance samples")
+    npz_of: Literal["prior", "reconstructions"] = option(
+        "prior", "--npz: prior samples, or the reconstructions of the first N test images (an autoencoder's floor)"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -56,11 +60,19 @@ def sample(config: VAESampleConfig) -> dict[str, Path]:
 
     prior = to_image(model.decode(model.prior_sample(config.count, device)))  # (N, C, H, W)
     run.save_grid(prior, "prior_samples.png")
-    if config.npz:
-        draw = lambda _, n: unit_to_uint8(to_image(model.decode(model.prior_sample(n, device))))  # noqa: E731
-        run.write_samples_npz(draw, config.npz, function_evaluations=1)  # one pass of the decoder
-
     test = run.test_split(value_range_for(likelihood), model.config.image_shape)
+    if config.npz and config.npz_of == "reconstructions" and config.npz > len(test):
+        raise GenlabError(f"--npz {config.npz} reconstructions: the test split has {len(test)} images")
+
+    def reconstruct(start: int, n: int) -> torch.Tensor:
+        """Test images start .. start + n - 1 through the encoder's mean and the decoder."""
+        x = test.batch(torch.arange(start, start + n, device=device)).images
+        return unit_to_uint8(to_image(model.decode(model.encode(x)[0])))
+
+    if config.npz:
+        prior_draw = lambda _, n: unit_to_uint8(to_image(model.decode(model.prior_sample(n, device))))  # noqa: E731
+        draw = reconstruct if config.npz_of == "reconstructions" else prior_draw
+        run.write_samples_npz(draw, config.npz, function_evaluations=1)  # one pass of the decoder
     picks = torch.randperm(len(test), generator=run.generator)[: max(8, 2 * config.interpolations)].to(device)
     noise = torch.rand((len(picks), *test.shape), device=device)
     x = test.batch(picks, noise).images
