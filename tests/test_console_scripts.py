@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,23 @@ def test_help_lists_every_shared_flag(capsys: pytest.CaptureFixture) -> None:
     shared = ["--dataset", "--data-dir", "--steps", "--batch-size", "--lr", "--seed", "--device", "--run-dir",
               "--preset", "--resume"]  # fmt: skip
     assert all(flag in text for flag in shared)
+
+
+def _genlab_console_scripts() -> list[metadata.EntryPoint]:
+    scripts = {
+        entry.name: entry
+        for distribution in metadata.distributions()
+        if distribution.metadata["Name"].startswith("genlab")
+        for entry in distribution.entry_points
+        if entry.group == "console_scripts"
+    }
+    return [scripts[name] for name in sorted(scripts)]
+
+
+@pytest.mark.parametrize("script", _genlab_console_scripts(), ids=lambda entry: entry.name)
+def test_every_console_script_prints_its_help(script: metadata.EntryPoint, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--help` exits 0 with the usage line: every help string survives argparse's %-formatting."""
+    with pytest.raises(SystemExit) as exited:
+        script.load()(["--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("usage:")

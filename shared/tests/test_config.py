@@ -21,7 +21,7 @@ class ToyConfig:
     """A config with one field of every supported kind."""
 
     steps: int = option(10, "optimizer steps")
-    lr: float = option(1e-3, "learning rate")
+    lr: float = option(1e-3, "learning rate, decayed to 10% of itself")
     name: str = option("run", "run name")
     compile: bool = option(False, "compile the model")
     progress: bool = option(True, "show a progress bar")

@@ -76,7 +76,8 @@ def _add_argument(parser: argparse.ArgumentParser, field: dataclasses.Field, ann
     kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS}
     default = field.default
     shown_default = default if not isinstance(default, tuple) else " ".join(map(str, default))
-    kwargs["help"] = f"{help_text} (default: {shown_default})"
+    # argparse %-formats help strings: a literal "10%" in a help text or a default must reach it as "10%%".
+    kwargs["help"] = f"{help_text} (default: {shown_default})".replace("%", "%%")
     if base is bool:
         # `--flag`, `--flag true|false` and `--no-flag` all work (and `--flag none` where None is allowed).
         parse = _parse_bool if not optional else lambda text: None if text.lower() == "none" else _parse_bool(text)
