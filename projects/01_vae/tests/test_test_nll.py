@@ -17,6 +17,7 @@ import math
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from genlab.core.data import ImageDataset, load_dataset
 from genlab.vae.model import VAE, VAEConfig
@@ -161,3 +162,29 @@ def test_test_nll_matches_a_direct_per_image_importance_weighted_estimate() -> N
     again = direct_importance_weighted_nll(model, data.images, num_samples)
     spread = (direct - again).std().item() / math.sqrt(NUM_IMAGES)  # sd of a mean's difference, both estimates
     assert result["nll_nats"] == pytest.approx(direct.mean().item(), abs=5 * spread + 1e-3)
+
+
+class LargestTensor(TorchFunctionMode):
+    """Records the size of every tensor any torch function returns (F.interpolate's upsampled maps included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numel = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
+        result = func(*args, **(kwargs or {}))
+        if isinstance(result, torch.Tensor):
+            self.numel = max(self.numel, result.numel())
+        return result
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_no_tensor_of_the_estimate_outgrows_the_memory_budget(architecture: str) -> None:
+    """The estimate decodes K samples per image in chunks; a conv decoder's hidden maps (64 channels at full size)
+    are 64 times its output, so chunks sized by the output alone ran a Fashion-MNIST conv VAE out of 24 GB."""
+    model = VAE(VAEConfig(image_shape=(1, SIZE, SIZE), architecture=architecture, latent_dim=3, hidden_dims=(64, 16),
+                          likelihood="bernoulli"))  # fmt: skip
+    data, max_values = first_test_images("binary"), 400_000
+    with LargestTensor() as largest:
+        estimate_test_nll(model, data, num_samples=1000, batch_size=10, max_values=max_values)
+    assert max_values / 4 < largest.numel <= max_values  # as large as the budget allows, and no larger

@@ -143,6 +143,11 @@ def test_edit_writes_results_beside_their_inputs_and_scores_them(
     assert samples.shape == (6, 1, 28, 28)
     info = json.loads((out / "samples.json").read_text())
     assert info["function_evaluations_per_sample"] == evaluations and info["seconds_per_sample"] > 0
+    if task in ("superres", "deblur"):  # the simple baseline as images too, for its FID
+        baselines = np.load(out / "baselines.npz")["samples"]
+        assert baselines.shape == (6, 1, 28, 28) and not np.array_equal(baselines, samples)
+    else:
+        assert not (out / "baselines.npz").exists()
     grid = Image.open(out / "edit.png")  # three rows of 6: input, result, original
     assert grid.size == (6 * 30 + 2, 3 * 30 + 2)
     if task in ("inpaint", "outpaint"):  # the known pixels come through exactly (up to 8-bit rounding)

@@ -126,9 +126,22 @@ def iwae_lr_lambda(steps_per_epoch: int):
     return multiplier
 
 
+def decoder_values_per_image(config: VAEConfig) -> int:
+    """An upper bound on the largest tensor the decoder makes for one z: its output (up to two parameters per
+    value), or a hidden layer, which in the conv decoder is up to max(hidden_dims) maps at the image's full size."""
+    channels, height, width = config.image_shape
+    widest_hidden = max(config.hidden_dims) * (height * width if config.architecture == "conv" else 1)
+    return max(widest_hidden, 2 * channels * height * width)
+
+
 @torch.no_grad()
 def estimate_test_nll(
-    model: VAE, data: ImageDataset, num_samples: int, max_images: int | None = None, batch_size: int = 100
+    model: VAE,
+    data: ImageDataset,
+    num_samples: int,
+    max_images: int | None = None,
+    batch_size: int = 100,
+    max_values: int = 50_000_000,
 ) -> dict[str, float]:
     """Importance-weighted estimate of the test log-likelihood in nats (and bits/dim for 8-bit data).
 
@@ -138,8 +151,9 @@ def estimate_test_nll(
     model.eval()
     likelihood = model.config.likelihood
     device = next(model.parameters()).device
-    # Samples per chunk so that one chunk's decoder output stays near 50M values, whatever the image size.
-    chunk = max(1, min(num_samples, 50_000_000 // (batch_size * data.num_dims)))
+    # Samples per chunk so that the largest tensor of one chunk's decoding stays within max_values (50M floats:
+    # 200 MB), whatever the image size and architecture (a conv decoder's hidden maps outgrow its output).
+    chunk = max(1, min(num_samples, max_values // (batch_size * decoder_values_per_image(model.config))))
     total, count = 0.0, 0
     for batch in iterate_batches(data, batch_size, noise_seed=1234):
         x = batch.images.to(device)

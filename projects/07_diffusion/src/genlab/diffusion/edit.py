@@ -10,7 +10,7 @@ uv run diffusion-edit --run R --task deblur --method dps
 
 Writes edit.png (rows of the input as the method sees it, the result and the original), edit.json (PSNR and SSIM
 of the results against the originals, and of the baseline), and with --npz N the first N results as samples.npz
-for genlab-eval.
+for genlab-eval (superres / deblur: the baseline's as baselines.npz beside them).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from genlab.core.config import option
 from genlab.core.errors import GenlabError
-from genlab.core.harness import console_script, open_run, require_at_least, unit_to_uint8
+from genlab.core.harness import console_script, open_run, require_at_least, unit_to_uint8, write_samples_npz
 from genlab.core.metrics import psnr, ssim
 from genlab.diffusion.editing import MASKS, function_evaluations, inpaint, named_mask, sdedit, sdedit_timesteps
 from genlab.diffusion.model import UNet
@@ -169,6 +169,11 @@ def edit(config: DiffusionEditConfig) -> dict[str, Path]:
         run.write_samples_npz(edit_images, config.npz, function_evaluations=editor.function_evaluations)
     else:
         edit_images(0, count)
+    if config.npz and editor.operator is not None:  # bicubic / the blurred measurement: genlab-eval beside the method
+        baseline_images = unit_to_uint8((torch.cat(baselines).clamp(-1, 1) + 1) / 2)
+        run.written["baselines_npz"] = write_samples_npz(
+            run.out / "baselines.npz", lambda start, n: baseline_images[start : start + n], config.npz
+        )
     shown_all, results_all, baselines_all = torch.cat(shown), torch.cat(results), torch.cat(baselines)
     measured = {
         "task": config.task, "images": len(originals), "function_evaluations": editor.function_evaluations,
