@@ -171,7 +171,7 @@ class LargestTensor(TorchFunctionMode):
         super().__init__()
         self.numel = 0
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
         if isinstance(result, torch.Tensor):
             self.numel = max(self.numel, result.numel())
