@@ -50,8 +50,10 @@ def reconstruction_psnr(samples: Path) -> float:
 
 def main(out: Path) -> None:
     evals = out / "eval"
-    print("| model | latent | first stage: minutes | diffusion: minutes, steps | parameters | ms per sample "
-          "| FID | precision | recall | reconstruction FID (floor) | reconstruction PSNR (dB) |")
+    print(
+        "| model | latent | first stage: minutes | diffusion: minutes, steps | parameters | ms per sample "
+        "| FID | precision | recall | reconstruction FID (floor) | reconstruction PSNR (dB) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, stage, label in ROWS:
         config = read(out / name / "config.json")
@@ -64,28 +66,36 @@ def main(out: Path) -> None:
             floor_folder = evals / f"floor-{name.removeprefix('ldm-')}"
             floor = f"{read(floor_folder / 'fid.json')['scores']['fid']:.2f}"
             floor_psnr = f"{reconstruction_psnr(floor_folder / 'samples.npz'):.2f}"
-        print(f"| {label} | {latent} | {first or '-'} | {training_minutes(out / name):.1f}, {results['step']} "
-              f"| {results['parameters'] / 1e6:.2f}M | {1000 * samples['seconds_per_sample']:.1f} "
-              f"| {scores(evals / name / 'fid.json')} | {floor or '-'} | {floor_psnr or '-'} |")
+        print(
+            f"| {label} | {latent} | {first or '-'} | {training_minutes(out / name):.1f}, {results['step']} "
+            f"| {results['parameters'] / 1e6:.2f}M | {1000 * samples['seconds_per_sample']:.1f} "
+            f"| {scores(evals / name / 'fid.json')} | {floor or '-'} | {floor_psnr or '-'} |"
+        )
     print("\n| guidance scale | FID | precision | recall | ms per sample |\n|---|---|---|---|---|")
     for scale in (0, 1, 3):
         folder = evals / f"cfg-s{scale}"
         milliseconds = 1000 * read(folder / "samples.json")["seconds_per_sample"]
         print(f"| {scale} | {scores(folder / 'fid.json')} | {milliseconds:.1f} |")
     edits = out / "edit"
-    print("\n| task | method | network evaluations | PSNR (dB) | SSIM | PSNR of the missing region (dB) | FID "
-          "| precision | recall |\n|---|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| task | method | network evaluations | PSNR (dB) | SSIM | PSNR of the missing region (dB) | FID "
+        "| precision | recall |\n|---|---|---|---|---|---|---|---|---|"
+    )
     baselines_shown = set()
     for folder in sorted(edits.iterdir(), key=lambda path: (path.name.split("-")[0], len(path.name), path.name)):
         measured = read(folder / "edit.json")
         missing = measured.get("missing_region_psnr_db")
-        print(f"| {measured['task']} | {folder.name} | {measured['function_evaluations']} | {measured['psnr_db']:.2f} "
-              f"| {measured['ssim']:.3f} | {f'{missing:.2f}' if missing else '-'} | {scores(folder / 'fid.json')} |")
+        print(
+            f"| {measured['task']} | {folder.name} | {measured['function_evaluations']} | {measured['psnr_db']:.2f} "
+            f"| {measured['ssim']:.3f} | {f'{missing:.2f}' if missing else '-'} | {scores(folder / 'fid.json')} |"
+        )
         if (folder / "fid-baseline.json").exists() and measured["task"] not in baselines_shown:
             baselines_shown.add(measured["task"])
             baseline = "bicubic x4" if measured["task"] == "superres" else "the blurred measurement"
-            print(f"| {measured['task']} | baseline: {baseline} | 0 | {measured['baseline_psnr_db']:.2f} "
-                  f"| {measured['baseline_ssim']:.3f} | - | {scores(folder / 'fid-baseline.json')} |")
+            print(
+                f"| {measured['task']} | baseline: {baseline} | 0 | {measured['baseline_psnr_db']:.2f} "
+                f"| {measured['baseline_ssim']:.3f} | - | {scores(folder / 'fid-baseline.json')} |"
+            )
 
 
 if __name__ == "__main__":
