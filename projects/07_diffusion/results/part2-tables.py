@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genlab.core.data import load_dataset
+from genlab.core.data import convert_range, load_dataset
 from genlab.core.metrics import psnr
 
 ROWS = [  # (run, first stage, its label)
@@ -44,8 +44,7 @@ def scores(path: Path) -> str:
 def reconstruction_psnr(samples: Path) -> float:
     reconstructions = torch.from_numpy(np.load(samples)["samples"])
     test = load_dataset("fashion_mnist", "test", value_range="uint8").images[: len(reconstructions)]
-    to_range = lambda images: images.double() / 127.5 - 1  # noqa: E731 (uint8 -> [-1, 1])
-    return float(psnr(to_range(reconstructions), to_range(test)).mean())
+    return float(psnr(convert_range(reconstructions, "signed"), convert_range(test, "signed")).mean())
 
 
 def main(out: Path) -> None:

@@ -127,11 +127,11 @@ def iwae_lr_lambda(steps_per_epoch: int):
 
 
 def decoder_values_per_image(config: VAEConfig) -> int:
-    """An upper bound on the largest tensor the decoder makes for one z: its output (up to two parameters per
-    value), or a hidden layer, which in the conv decoder is up to max(hidden_dims) maps at the image's full size."""
+    """The size of the largest tensor the decoder makes for one z, counted in image values: the image itself, or
+    a hidden layer, which in the conv decoder is up to max(hidden_dims) maps at the image's full size."""
     channels, height, width = config.image_shape
     widest_hidden = max(config.hidden_dims) * (height * width if config.architecture == "conv" else 1)
-    return max(widest_hidden, 2 * channels * height * width)
+    return max(widest_hidden, channels * height * width)
 
 
 @torch.no_grad()
