@@ -1,10 +1,11 @@
-"""Print part 2's README tables (markdown) from the folder that results/part2-fashion.sh fills.
+"""Print part 2's README tables (markdown) from the folder that results/part2-fashion.sh or part2-twemoji.sh fills.
 
     uv run python projects/07_diffusion/results/part2-tables.py runs/part2
+    uv run python projects/07_diffusion/results/part2-tables.py runs/part2-twemoji
 
 Training wall time is the time from a run's config.json to its last checkpoint (data loading and, for a latent
 run, encoding the training set included); reconstruction PSNR is computed here from the autoencoders' 8-bit
-reconstructions of the first 1,000 test images.
+reconstructions of the first test images (1,000 of Fashion-MNIST, all 191 of Twemoji).
 """
 
 from __future__ import annotations
@@ -19,12 +20,19 @@ import torch
 from genlab.core.data import convert_range, load_dataset
 from genlab.core.metrics import psnr
 
-ROWS = [  # (run, first stage, its label)
-    ("pixel", None, "pixel space (f = 1)"),
-    ("ldm-kl-f2", "vae-kl-f2", "KL, f = 2"),
-    ("ldm-kl-f4", "vae-kl-f4", "KL, f = 4"),
-    ("ldm-vq-f4", "vqvae-vq-f4", "VQ, f = 4"),
-]
+ROWS = {  # data set: (run, first stage, its label)
+    "fashion_mnist": [
+        ("pixel", None, "pixel space (f = 1)"),
+        ("ldm-kl-f2", "vae-kl-f2", "KL, f = 2"),
+        ("ldm-kl-f4", "vae-kl-f4", "KL, f = 4"),
+        ("ldm-vq-f4", "vqvae-vq-f4", "VQ, f = 4"),
+    ],
+    "twemoji": [
+        ("pixel", None, "pixel space (f = 1)"),
+        ("ldm-kl-f4", "vae-kl-f4", "KL, f = 4"),
+        ("ldm-kl-f8", "vae-kl-f8", "KL, f = 8"),
+    ],
+}
 
 
 def read(path: Path) -> dict:
@@ -41,35 +49,42 @@ def scores(path: Path) -> str:
     return f"{report['fid']:.2f} | {report['precision']:.3f} | {report['recall']:.3f}"
 
 
-def reconstruction_psnr(samples: Path) -> float:
+def reconstruction_psnr(samples: Path, dataset: str) -> float:
     reconstructions = torch.from_numpy(np.load(samples)["samples"])
-    test = load_dataset("fashion_mnist", "test", value_range="uint8").images[: len(reconstructions)]
+    test = load_dataset(dataset, "test", value_range="uint8").images[: len(reconstructions)]
     return float(psnr(convert_range(reconstructions, "signed"), convert_range(test, "signed")).mean())
 
 
 def main(out: Path) -> None:
     evals = out / "eval"
+    dataset = read(out / "pixel" / "config.json")["config"]["dataset"]
+    larger = sorted(evals.glob("pixel/fid-*.json"))  # Twemoji: also scored at more samples than the data floor has
+    extra = f" FID ({larger[0].stem.removeprefix('fid-')}) |" if larger else ""
     print(
         "| model | latent | first stage: minutes | diffusion: minutes, steps | parameters | ms per sample "
-        "| FID | precision | recall | reconstruction FID (floor) | reconstruction PSNR (dB) |"
+        f"| FID | precision | recall |{extra} reconstruction FID (floor) | reconstruction PSNR (dB) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, stage, label in ROWS:
+    print("|---|---|---|---|---|---|---|---|---|" + "---|" * bool(larger) + "---|---|")
+    for name, stage, label in ROWS[dataset]:
         config = read(out / name / "config.json")
         results, samples = read(out / name / "results.json"), read(evals / name / "samples.json")
         record = config.get("first_stage")
-        latent = "x".join(map(str, record["latent_shape"])) if record else "1x28x28"
+        image_shape = np.load(evals / name / "samples.npz")["samples"].shape[1:]
+        latent = "x".join(map(str, record["latent_shape"] if record else image_shape))
         first, floor, floor_psnr = "", "", ""
         if stage:
             first = f"{training_minutes(out / stage):.1f}"
             floor_folder = evals / f"floor-{name.removeprefix('ldm-')}"
             floor = f"{read(floor_folder / 'fid.json')['scores']['fid']:.2f}"
-            floor_psnr = f"{reconstruction_psnr(floor_folder / 'samples.npz'):.2f}"
+            floor_psnr = f"{reconstruction_psnr(floor_folder / 'samples.npz', dataset):.2f}"
+        more = f" {read(evals / name / larger[0].name)['scores']['fid']:.2f} |" if larger else ""
         print(
             f"| {label} | {latent} | {first or '-'} | {training_minutes(out / name):.1f}, {results['step']} "
             f"| {results['parameters'] / 1e6:.2f}M | {1000 * samples['seconds_per_sample']:.1f} "
-            f"| {scores(evals / name / 'fid.json')} | {floor or '-'} | {floor_psnr or '-'} |"
+            f"| {scores(evals / name / 'fid.json')} |{more} {floor or '-'} | {floor_psnr or '-'} |"
         )
+    if not (evals / "cfg-s0").exists():
+        return
     print("\n| guidance scale | FID | precision | recall | ms per sample |\n|---|---|---|---|---|")
     for scale in (0, 1, 3):
         folder = evals / f"cfg-s{scale}"

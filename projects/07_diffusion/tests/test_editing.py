@@ -30,13 +30,21 @@ def test_repaint_walk_goes_down_the_chain_and_back_up_r_minus_1_times_at_every_j
     walk = repaint_walk(N, j, r)
     assert walk[0] == 0 and walk[-1] == N
     assert all(abs(b - a) == 1 for a, b in itertools.pairwise(walk))
-    for position in range(j, N, j):  # from each multiple of j short of the end, r - 1 jumps of j steps back up
+    for position in range(N - 1, j - 1, -j):  # from chain times 0, j, 2j, ... (position N - 1 - t): r - 1 jumps
         ups = [i for i in range(len(walk) - 1) if walk[i] == position and walk[i + 1] == position - 1]
         assert len(ups) == r - 1
         for i in ups:
             assert walk[i : i + j + 1] == list(range(position, position - j - 1, -1))
     # every down-step is one network evaluation: N for the chain, plus j for each of the (N / j - 1)(r - 1) jumps
     assert function_evaluations(N, j, r) == N + j * (N // j - 1) * (r - 1)
+
+
+def test_repaint_walk_is_the_papers_schedule_worked_by_hand() -> None:
+    # RePaint's time schedule for T = 11 reverse steps, jump length 3, 2 samplings: jumps at t = 0, 3, 6 (t < T - j),
+    # each one going back up 3 steps once; written out by hand from the paper's schedule, then t -> position 10 - t.
+    # (T - 1 is not a multiple of j, so jumps counted from x_T instead, at positions 3, 6, 9, would differ.)
+    times = [10, 9, 8, 7, 6, 7, 8, 9, 8, 7, 6, 5, 4, 3, 4, 5, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, -1]
+    assert repaint_walk(11, jump_length=3, resamplings=2) == [10 - t for t in times]
 
 
 @pytest.mark.parametrize("resamplings", [1, 3])

@@ -17,10 +17,10 @@ from genlab.vae.model import VAE, VAEConfig
 from genlab.vqvae.model import VQVAE, VQVAEConfig
 
 
-def tiny_vae(latent_channels: int = 3) -> VAE:
+def tiny_vae(latent_channels: int = 3, likelihood: str = "logistic") -> VAE:
     torch.manual_seed(0)
     config = VAEConfig(image_shape=(1, 28, 28), architecture="conv", hidden_dims=(8, 8), activation="silu",
-                       likelihood="logistic", latent_channels=latent_channels)  # fmt: skip
+                       likelihood=likelihood, latent_channels=latent_channels)  # fmt: skip
     return VAE(config)
 
 
@@ -93,3 +93,14 @@ def test_first_stages_refuse_what_they_cannot_diffuse_in() -> None:
                                        residual_layers=1, num_codes=16, code_dim=4)))  # fmt: skip
     with pytest.raises(TypeError, match="no first stage"):
         first_stage_of(torch.nn.Linear(2, 2))
+
+
+def test_a_gaussian_decoders_mean_maps_to_the_encoders_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """01's Gaussian likelihood models y = (x + u) / 256 with u ~ U[0, 1): a decoder whose mean is exactly E[y | x]
+    = (x + 1/2) / 256 must decode to x / 127.5 - 1, the range the encoder read (not 2 E[y] - 1, half a level off)."""
+    stage = KLFirstStage(tiny_vae(likelihood="gaussian"))
+    pixels = torch.randint(0, 256, (4, 1, 28, 28))
+    exact_mean = (pixels.float() + 0.5) / 256
+    monkeypatch.setattr(stage.autoencoder, "decode", lambda z: torch.stack([exact_mean, exact_mean], 1))
+    decoded = stage.decode(torch.zeros(4, *stage.latent_shape))
+    torch.testing.assert_close(decoded, pixels.float() / 127.5 - 1, atol=1e-6, rtol=0)

@@ -57,9 +57,11 @@ def renoise(schedule: NoiseSchedule, x: Tensor, t_from: int, t_to: int, generato
 
 def repaint_walk(num_steps: int, jump_length: int = 1, resamplings: int = 1) -> list[int]:
     """RePaint's schedule as positions on a chain of ``num_steps`` reverse steps: position p is the state before
-    step p (p = num_steps: the sample). Going down is p -> p + 1; each time it reaches a multiple of ``jump_length``
-    (short of the end) it jumps back up ``jump_length`` positions, ``resamplings - 1`` times per position. With
-    resamplings = 1 it is the plain chain 0, 1, ..., num_steps."""
+    step p (p = num_steps: the sample). Going down is p -> p + 1. The jump points are counted from the clean end, as
+    in the paper's schedule: chain time t = num_steps - 1 - p at t = 0, j, 2j, ... below num_steps - j (the last
+    reverse step, t = 0 -> -1, is resampled; the first ones near x_T are not). At each it jumps back up
+    ``jump_length`` positions, ``resamplings - 1`` times. With resamplings = 1 it is the plain chain 0, 1, ...,
+    num_steps."""
     if jump_length < 1 or resamplings < 1:
         raise ValueError(f"jump_length and resamplings must be >= 1, got {jump_length} and {resamplings}")
     walk, jumps = [0], dict.fromkeys(range(num_steps + 1), 0)
@@ -67,7 +69,8 @@ def repaint_walk(num_steps: int, jump_length: int = 1, resamplings: int = 1) -> 
     while position < num_steps:
         position += 1
         walk.append(position)
-        at_a_jump = position < num_steps and position % jump_length == 0 and position >= jump_length
+        time = num_steps - 1 - position
+        at_a_jump = 0 <= time < num_steps - jump_length and time % jump_length == 0
         if at_a_jump and jumps[position] < resamplings - 1:
             jumps[position] += 1
             walk.extend(range(position - 1, position - jump_length - 1, -1))

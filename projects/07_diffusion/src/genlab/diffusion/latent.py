@@ -74,8 +74,8 @@ class KLFirstStage(FirstStage):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         mean = self.autoencoder.decode(z.flatten(1))[:, 0]  # (B, P, C, H, W) -> the likelihood's mean (B, C, H, W)
-        if self.autoencoder.config.likelihood == "gaussian":  # its mean lives in [0, 1]
-            mean = 2 * mean - 1
+        if self.autoencoder.config.likelihood == "gaussian":  # its mean is of y = (x + u) / 256, u ~ U[0, 1)
+            mean = (256 * mean - 0.5) / 127.5 - 1  # E[y] = (x + 1/2) / 256 -> x / 127.5 - 1, the encoder's range
         return mean.clamp(-1, 1)
 
 
