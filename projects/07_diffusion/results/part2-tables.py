@@ -29,6 +29,7 @@ ROWS = {  # data set: (run, first stage, its label)
     ],
     "twemoji": [
         ("pixel", None, "pixel space (f = 1)"),
+        ("ldm-kl-f2", "vae-kl-f2", "KL, f = 2"),
         ("ldm-kl-f4", "vae-kl-f4", "KL, f = 4"),
         ("ldm-kl-f8", "vae-kl-f8", "KL, f = 8"),
     ],

@@ -6,6 +6,7 @@
 #
 #   projects/07_diffusion/results/sampler-steps.sh RUN [COUNT] [STEPS...]      # default: 1000 samples, 10 20 50
 #   FEATURES=inception projects/07_diffusion/results/sampler-steps.sh runs/diffusion/twemoji 1000 10 20 50
+#   SAMPLERS="ddpm ddim" projects/07_diffusion/results/sampler-steps.sh runs/crosspaper/ddpm 200 50 1000
 #
 # Writes <RUN>/sampler-steps/<sampler>-<N>/, prints the table as markdown (rows already sampled are kept) and draws
 # <RUN>/sampler-steps/fid-vs-steps.png: FID against steps per sampler, beside the DDIM paper's CIFAR-10 curve (eta 0,
@@ -15,10 +16,11 @@ run=$1 count=${2:-1000}
 shift $(( $# >= 2 ? 2 : $# ))
 steps=${*:-10 20 50}
 features=${FEATURES:-classifier}
+samplers=${SAMPLERS:-ddpm ddim heun}
 out=$run/sampler-steps
 dataset=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['config']['dataset'])" "$run/config.json")
 for n in $steps; do
-  for sampler in ddpm ddim heun; do
+  for sampler in $samplers; do
     folder=$out/$sampler-$n
     if [ ! -f "$folder/eval-$features-train-$count.json" ]; then
       uv run diffusion-sample --run "$run" --sampler "$sampler" --steps "$n" --npz "$count" --count 10 --out "$folder"
@@ -26,15 +28,15 @@ for n in $steps; do
     fi
   done
 done
-uv run python - "$out" "$count" "$features" $steps <<'PY'
+uv run python - "$out" "$count" "$features" "$samplers" $steps <<'PY'
 import json, sys
 from pathlib import Path
 from genlab.core.visualise import plot_curves
-out, count, features, steps = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+out, count, features, samplers, steps = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4].split(), sys.argv[5:]
 curves = {}
 print(f"| sampler | steps | network evaluations | FID ({features}) | KID ({features}) | ms per image |")
 print("|---|---|---|---|---|---|")
-for sampler in ("ddpm", "ddim", "heun"):
+for sampler in samplers:
     for n in steps:
         folder = out / f"{sampler}-{n}"
         info = json.loads((folder / "samples.json").read_text())
