@@ -5,7 +5,7 @@
 #
 # 1. first stages, 5 minutes each: 01's conv VAE with a small KL weight at f = 2 (4x32x32), f = 4 (4x16x16) and
 #    f = 8 (4x8x8); the pixel U-Net (twemoji-small at 64x64, attention at 16x16) and a latent U-Net (ldm-small) on
-#    each, MINUTES (6) each (results/calibrated.sh: the schedule ends at the limit), all unconditional; a run already trained (its
+#    each, MINUTES (6) each (results/calibrated.sh: the schedule ends at the limit), class-conditional (the default); a run already trained (its
 #    checkpoints/latest exists) is kept, so the script continues where it stopped;
 # 2. SAMPLES (300) samples of each (ancestral DDPM, 50 steps) and the autoencoders' reconstructions of the whole
 #    test split (191 images), scored by genlab-eval on TF-Inception features against the training images, at 191
