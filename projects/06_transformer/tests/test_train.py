@@ -66,6 +66,23 @@ def test_the_validation_loss_covers_the_split_once_with_the_model_s_context() ->
     assert measured["tokens"] == 20 and measured["loss_nats"] == pytest.approx(total / 20, rel=1e-5)
 
 
+def test_the_windowed_estimate_reads_that_many_windows_of_the_split_the_same_each_time(monkeypatch) -> None:
+    model = GPT(GPTConfig(vocab_size=400, block_size=4, n_layer=1, n_head=1, n_embd=8)).eval()
+    split = SequenceDataset("t", "test", torch.arange(400), window=5)  # token k at position k: a window shows its start
+    seen: list[torch.Tensor] = []
+    measure = train.next_token_loss
+    monkeypatch.setattr(train, "next_token_loss", lambda m, windows: seen.append(windows) or measure(m, windows))
+    first = train.validation_loss(model, split, batch_size=7, windows=50)
+    windows = torch.cat(seen)  # (50, 5)
+    starts = windows[:, 0]
+    assert first["tokens"] == 50 * 4 and windows.shape == (50, 5)
+    assert torch.equal(windows, starts[:, None] + torch.arange(5))  # contiguous inputs and their next tokens
+    assert starts.min() >= 0 and starts.max() <= 395 and starts.max() - starts.min() > 200  # across the split
+    seen.clear()
+    assert train.validation_loss(model, split, batch_size=7, windows=50) == first
+    assert torch.equal(torch.cat(seen)[:, 0], starts)
+
+
 def test_weight_decay_reaches_the_matrices_only() -> None:
     model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=2, n_head=1, n_embd=8))
     optimizer = train.adamw_on_matrices(model, 1e-3, 0.1, (0.9, 0.99))

@@ -58,7 +58,12 @@ class GPTTrainConfig(TrainConfig):
     beta2: float = option(0.99, "AdamW's beta2")
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0: off)")
     log_every: int = option(100, "log the training loss every N steps")
-    eval_every: int = option(500, "validation loss over the whole validation split every N steps")
+    eval_every: int = option(500, "validation loss every N steps (over the whole split unless --eval-windows)")
+    eval_windows: int = option(
+        0,
+        "0: the validation loss reads every window of the split; N: an estimate from N windows at seeded random "
+        "positions, the same ones each time (nanoGPT's estimate_loss reads eval_iters x batch_size = 20 x 12)",
+    )
     sample_every: int = option(0, "unused: text samples are written at the end (samples.txt)")
     checkpoint_every: int = option(1_000, "checkpoint every N steps (and always at the end and on SIGINT/SIGTERM)")
     n_layer: int = option(6, "transformer blocks")
@@ -69,17 +74,19 @@ class GPTTrainConfig(TrainConfig):
     bias: bool = option(True, "biases in the linear layers and layer norms (GPT-2 has them; nanoGPT's default not)")
     sample_chars: int = option(1_000, "characters of text to sample at the end")
 
-    resumable = (*TrainConfig.resumable, "sample_chars", "text", "tokens")
+    resumable = (*TrainConfig.resumable, "sample_chars", "text", "tokens", "eval_windows")
 
     def validate(self) -> None:
         super().validate()
         if self.tokens and self.text:
             raise GenlabError("--text and --tokens are two kinds of data: give one")
+        if self.tokens and self.eval_windows:
+            raise GenlabError("--eval-windows applies to text; a token prior is scored on every grid of the test split")
         if not self.tokens and (self.prior != "gpt" or self.level or self.class_token):
             raise GenlabError("--prior, --level and --class-token apply to token grids: add --tokens FOLDER")
         require_at_least(self, ("level",), at_least=0)
         require_at_least(self, ("n_layer", "n_head", "n_embd", "block_size"))
-        require_at_least(self, ("sample_chars", "weight_decay"), at_least=0)
+        require_at_least(self, ("sample_chars", "weight_decay", "eval_windows"), at_least=0)
         if not 0 <= self.dropout < 1 or not 0 <= self.min_lr_ratio <= 1 or not 0 < self.beta2 < 1:
             raise GenlabError("--dropout must be in [0, 1), --min-lr-ratio in [0, 1], --beta2 in (0, 1)")
         if self.n_embd % self.n_head:
@@ -107,13 +114,18 @@ def next_token_loss(model: GPT, sequences: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validation_loss(model: GPT, data: SequenceDataset, batch_size: int = 64) -> dict[str, float]:
+def validation_loss(model: GPT, data: SequenceDataset, batch_size: int = 64, windows: int = 0) -> dict[str, float]:
     """Mean next-token loss over the split, in nats and bits per token: the stream cut into consecutive windows of
     block_size + 1 tokens, each of whose last block_size tokens is predicted from those before it (the fewer than
-    block_size tokens after the last whole window are not predicted)."""
+    block_size tokens after the last whole window are not predicted). With ``windows`` > 0, an estimate from that
+    many windows starting at uniformly drawn positions (seed 0, so every evaluation reads the same ones)."""
     model.eval()
     T = model.config.block_size
-    starts = torch.arange(0, len(data.tokens) - T, T, device=data.device)  # every token predicted once
+    if windows:
+        positions = torch.randint(len(data.tokens) - T, (windows,), generator=torch.Generator().manual_seed(0))
+        starts = positions.to(data.device)
+    else:
+        starts = torch.arange(0, len(data.tokens) - T, T, device=data.device)  # every token predicted once
     offsets = torch.arange(T + 1, device=data.device)
     total, count = 0.0, 0
     for chunk in starts.split(batch_size):
@@ -253,7 +265,10 @@ def train(config: GPTTrainConfig) -> dict[str, float]:
     model = trainer.add_model("gpt", GPT(architecture))
     add_gpt_update(trainer, config, lambda batch: (next_token_loss(model, batch.images), {}))
 
-    evaluation = LastEvaluation(lambda: validation_loss(trainer.eval_model("gpt"), val_data.to(trainer.device)))
+    val_data = val_data.to(trainer.device)
+    evaluation = LastEvaluation(
+        lambda: validation_loss(trainer.eval_model("gpt"), val_data, windows=config.eval_windows)
+    )
     results = trainer.fit(train_data, eval_fn=lambda t: {"val_loss": evaluation(t)["loss_nats"]})
     if trainer.accelerator.is_main_process:
         gpt = trainer.eval_model("gpt")
