@@ -5,8 +5,9 @@
 #
 # 1. first stages, 5 minutes each: 01's conv VAE with a small KL weight at f = 2 (4x32x32), f = 4 (4x16x16) and
 #    f = 8 (4x8x8); the pixel U-Net (twemoji-small at 64x64, attention at 16x16) and a latent U-Net (ldm-small) on
-#    each, MINUTES (6) each (results/calibrated.sh: the schedule ends at the limit), class-conditional (the default); a run already trained (its
-#    checkpoints/latest exists) is kept, so the script continues where it stopped;
+#    each, MINUTES (6) each (results/calibrated.sh: the schedule ends at the limit), class-conditional (the
+#    default); a run already trained (its checkpoints/latest exists) is kept, so the script continues where it
+#    stopped;
 # 2. SAMPLES (300) samples of each (ancestral DDPM, 50 steps) and the autoencoders' reconstructions of the whole
 #    test split (191 images), scored by genlab-eval on TF-Inception features against the training images, at 191
 #    (the count of the data floor and of the reconstructions) and at SAMPLES; a score already written is kept.
@@ -33,11 +34,13 @@ for stage in vae-kl-f4 vae-kl-f8 vae-kl-f2; do
 done
 
 for f in f4 f8 f2; do
-  [ -e "$out/eval/floor-kl-$f/samples.npz" ] || uv run vae-sample --run "$out/vae-kl-$f" --npz 191 --npz-of reconstructions --out "$out/eval/floor-kl-$f"
+  [ -e "$out/eval/floor-kl-$f/samples.npz" ] ||
+    uv run vae-sample --run "$out/vae-kl-$f" --npz 191 --npz-of reconstructions --out "$out/eval/floor-kl-$f"
   score "$out/eval/floor-kl-$f/samples.npz" 191 "$out/eval/floor-kl-$f/fid.json"
 done
 for run in ldm-kl-f8 ldm-kl-f4 ldm-kl-f2 pixel; do
-  [ -e "$out/eval/$run/samples.npz" ] || uv run diffusion-sample --run "$out/$run" --sampler ddpm --steps 50 --npz "$count" --out "$out/eval/$run"
+  [ -e "$out/eval/$run/samples.npz" ] ||
+    uv run diffusion-sample --run "$out/$run" --sampler ddpm --steps 50 --npz "$count" --out "$out/eval/$run"
   score "$out/eval/$run/samples.npz" 191 "$out/eval/$run/fid.json"
   score "$out/eval/$run/samples.npz" "$count" "$out/eval/$run/fid-$count.json"
 done
