@@ -55,11 +55,10 @@ for row, label in labels.items():
     scores = json.loads((folder / "fid.json").read_text())["scores"]
     minutes = int((folder / "train-seconds").read_text()) / 60
     config = json.loads((folder / "config.json").read_text())
-    codes = config["model"].get("num_codes", 512)
+    codes = config["model"]["num_codes"]
     usage, perplexity = r["codes/usage"], r["codes/perplexity"]
-    params = json.loads((folder / "samples" / "samples.json").read_text()).get("parameters")
-    params = f"{params:,}" if isinstance(params, int) else "-"
-    print(f"| {label} | {r.get('perceptual') or '-'} | {params} | {minutes:.1f} min | {r['mse']:.4f} | "
+    params = json.loads((folder / "samples" / "samples.json").read_text())["parameters"]
+    print(f"| {label} | {r.get('perceptual') or '-'} | {params:,} | {minutes:.1f} min | {r['mse']:.4f} | "
           f"{r['psnr_db']:.2f} dB | {round(usage * codes)} of {codes} | {perplexity:.1f} | {scores['fid']:.2f} | "
           f"{scores['precision']:.3f} | {scores['recall']:.3f} |")
 PY

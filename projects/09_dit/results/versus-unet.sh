@@ -34,7 +34,7 @@ for row, label in (("dit", "DiT"), ("unet", "07's U-Net")):
     recorded = json.loads((folder / "config.json").read_text())
     info = json.loads((folder / "eval" / "samples.json").read_text())
     scores = json.loads((folder / "fid.json").read_text())["scores"]
-    print(f"| {label} ({recorded['config'].get('size', 'small')}) | {info['parameters']:,} | "
+    print(f"| {label} ({recorded['config']['size']}) | {info['parameters']:,} | "
           f"{recorded['config']['steps']} | {scores['fid']:.2f} | {scores['precision']:.3f} | {scores['recall']:.3f} "
           f"| {1000 * info['seconds_per_sample']:.1f} |")
 PY
