@@ -88,7 +88,8 @@ def test_tokens_round_trip_through_the_decoder() -> None:
         out = model(x)
         (tokens,) = model.encode(x)
         assert tokens.shape == (4, 8, 8) and torch.equal(tokens, out.quantizer.indices)
-        assert torch.allclose(model.decode_tokens([tokens]), out.reconstruction, atol=1e-6)
+        # the forward pass decodes z + (q - z).detach(), equal to q only up to float rounding
+        assert torch.allclose(model.decode_tokens([tokens]), out.reconstruction, atol=1e-5)
         assert torch.equal(model.encode(x)[0], tokens)
 
 

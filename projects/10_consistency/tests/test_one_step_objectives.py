@@ -235,11 +235,12 @@ def test_meanflow_multistep_sampling_is_exact_for_the_exact_average_velocity() -
 
 def test_meanflow_intervals_follow_the_time_distribution_and_the_fraction() -> None:
     generator = torch.Generator().manual_seed(0)
-    s, t = sample_interval(20000, 0.25, "logit-normal", -0.4, 1.0, generator)
+    s, t = sample_interval(20000, 0.25, "logit-normal", 0.4, 1.0, generator)
     assert (s <= t).all() and 0.23 < (s < t).float().mean() < 0.27
-    # with s = t throughout, t is the larger of two logit-normal draws: E[max] = m + s / sqrt(pi) in logit space
-    s, t = sample_interval(20000, 0.0, "logit-normal", -0.4, 1.0, generator)
-    assert torch.equal(s, t) and torch.logit(t).mean().item() == pytest.approx(-0.4 + 1 / math.sqrt(math.pi), abs=0.03)
+    # with s = t throughout the time is the paper's r = t, the noisier of two draws; noise is at 0 here, so it is
+    # the smaller one: E[min] = m - scale / sqrt(pi) in logit space
+    s, t = sample_interval(20000, 0.0, "logit-normal", 0.4, 1.0, generator)
+    assert torch.equal(s, t) and torch.logit(s).mean().item() == pytest.approx(0.4 - 1 / math.sqrt(math.pi), abs=0.03)
 
 
 def test_the_adaptive_weight_turns_the_squared_error_into_its_norm() -> None:

@@ -12,7 +12,7 @@ and the velocity field v(x, t) is fitted by least squares to the straight line's
 
 whose minimiser is v*(x, t) = E[X_1 - X_0 | X_t = x]. The ODE dZ_t = v(Z_t, t) dt from Z_0 ~ pi_0 then carries
 pi_0 to pi_1 (the marginals of X_t are preserved, Thm. 3.3). This is flow matching's conditional OT path with
-sigma_min = 0 (Lipman et al., eq. 20-23) with time reversed to their convention's direction.
+sigma_min = 0 (Lipman et al., eq. 20-23; their time runs the same way, noise at t = 0).
 
 The time t is drawn uniformly, or from the logit-normal of Esser et al. 2024 (SD3, Sec. 3.1), t = sigmoid(m + s n),
 n ~ N(0, 1), which puts more weight on the middle of the path where the velocity is hardest to predict.

@@ -77,11 +77,15 @@ def sample_interval(count: int, different_fraction: float = 0.25, distribution: 
                     location: float = 0.0, scale: float = 1.0, generator: torch.Generator | None = None,
                     device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:  # fmt: skip
     """(s, t) with s <= t: two times drawn from ``distribution`` (flow.py's sample_time) and sorted, and for the
-    other 1 - ``different_fraction`` of the batch s = t (the paper: 25% distinct, logit-normal(-0.4, 1.0))."""
+    other 1 - ``different_fraction`` of the batch t = s (the paper: 25% distinct, logit-normal(-0.4, 1.0)).
+
+    The paper's time runs the other way (noise at 1, z = (1 - t) x + t eps): its sorted pair is r <= t with r = t
+    for the equal share, which keeps the noisier time. Here noise is at 0, so the noisier time is s, and the
+    paper's logit-normal(m, scale) is logit-normal(-m, scale) in this time (1 - sigmoid(m + n) = sigmoid(-m - n))."""
     times = sample_time(2 * count, distribution, location, scale, generator).reshape(count, 2).sort(dim=1).values
     s, t = times[:, 0], times[:, 1]
     same = torch.rand(count, generator=generator) >= different_fraction
-    return torch.where(same, t, s).to(device), t.to(device)
+    return s.to(device), torch.where(same, s, t).to(device)
 
 
 @torch.no_grad()
