@@ -15,6 +15,7 @@ from genlab.consistency.consistency import multistep_sample
 from genlab.consistency.couplings import ot_couple, ot_pairing
 from genlab.consistency.flow import straightness, velocity_loss
 from genlab.consistency.meanflow import meanflow_loss, meanflow_sample, sample_interval
+from genlab.consistency.networks import trigflow_network_of
 from genlab.consistency.samplers import FlowSampler
 from genlab.consistency.trigflow import (
     SIGMA_DATA,
@@ -259,3 +260,16 @@ def test_the_adaptive_weight_turns_the_squared_error_into_its_norm() -> None:
     reference = 2 * ((scale * z - (x1 - x0)).square().sum(1) + 1e-3).sqrt().mean()
     (expected,) = torch.autograd.grad(reference, scale)
     assert gradient.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_trigflow_time_reaches_the_network_untransformed() -> None:
+    """sCM sec. 4.1: c_noise(t) = t. The U-Net's timestep is the TrigFlow time itself, not a rescaled one."""
+    seen = []
+
+    def network(x: torch.Tensor, timestep: torch.Tensor, labels: object = None) -> torch.Tensor:
+        seen.append(timestep)
+        return x
+
+    t = torch.tensor([0.05, 0.7, 1.5])
+    trigflow_network_of(network)(torch.zeros(3, 1, 2, 2), t)
+    assert torch.equal(seen[0], t)

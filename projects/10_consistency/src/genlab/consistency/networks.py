@@ -4,15 +4,16 @@ consistency models' F(x, sigma) and sCM's TrigFlow F(x / sigma_d, t). Only the w
     v(x, t)          = U(x, 1000 t)                                  rectified flow, t in [0, 1]
     u(z, s, t)       = U(z, 1000 s; + e(1000 (t - s)))               MeanFlow: a second embedding of the interval
     F(x, sigma)      = U(x, 1000 * 0.25 log sigma)                   consistency models: EDM's c_noise, scaled
-    F(x / s_d, t)    = U(x / s_d, 1000 * 2 t / pi)                   TrigFlow, t in [0, pi / 2]
+    F(x / s_d, t)    = U(x / s_d, t)                                 TrigFlow, t in [0, pi / 2]: c_noise(t) = t
 
-The U-Net's sinusoidal embedding was designed for timesteps in [0, 1000), so every time is mapped into about
-that range. This file imports only torch and 07's model.
+The U-Net's sinusoidal embedding was designed for timesteps in [0, 1000), so the first three map their time into
+about that range. sCM does not: Lu & Song (sec. 4.1) trace part of continuous-time training's instability to
+time transformations such as 1000 t, whose large input makes the embedding's derivative in t (which the tangent
+dF/dt carries) large, and use c_noise(t) = t. This file imports only torch and 07's model.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -59,10 +60,10 @@ def consistency_network_of(network: torch.nn.Module) -> Any:
 
 
 def trigflow_network_of(network: torch.nn.Module) -> Any:
-    """07's U-Net as TrigFlow's F(x_t / sigma_d, t, labels), t in [0, pi / 2] scaled to [0, 1000]."""
+    """07's U-Net as TrigFlow's F(x_t / sigma_d, t, labels), t in [0, pi / 2] fed as it is (sCM's c_noise(t) = t)."""
 
     def inner(x: Tensor, t: Tensor, labels: Any = None) -> Tensor:
-        return network(x, TIME_SCALE * t / (math.pi / 2), labels)
+        return network(x, t, labels)
 
     return inner
 
