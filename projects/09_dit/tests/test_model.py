@@ -108,12 +108,15 @@ def test_a_side_the_patch_does_not_divide_is_padded_and_cropped() -> None:
 
 
 def test_guidance_is_07s_classifier_free_guidance_on_the_eps_channels() -> None:
-    model = perturb(tiny())
-    x, t, labels = torch.randn(2, 3, 16, 16), torch.tensor([50.0, 50.0]), torch.tensor([0, 4])
+    """CFG's eq. 6 on every one of a 4-channel latent's eps channels; the learned variance is the conditional's."""
+    model = perturb(tiny(image_channels=4))
+    x, t, labels = torch.randn(2, 4, 16, 16), torch.tensor([50.0, 50.0]), torch.tensor([0, 4])
     guided = ClassifierFreeGuidance(model, 3.0, 5)(x, t, labels)
     conditional, unconditional = model(x, t, labels), model(x, t, None)
-    expected = unconditional[:, :3] + 3.0 * (conditional[:, :3] - unconditional[:, :3])
-    assert torch.allclose(guided[:, :3], expected, atol=1e-5)
+    expected = unconditional[:, :4] + 3.0 * (conditional[:, :4] - unconditional[:, :4])
+    assert guided.shape == (2, 8, 16, 16)
+    assert torch.allclose(guided[:, :4], expected, atol=1e-5)
+    assert torch.allclose(guided[:, 4:], conditional[:, 4:], atol=1e-6)
 
 
 @pytest.mark.parametrize(("size", "paper_millions"), [("S/2", 33), ("B/2", 130), ("L/2", 458), ("XL/2", 675)])

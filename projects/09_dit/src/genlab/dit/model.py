@@ -19,10 +19,13 @@ The block designs the paper compares (Sec. 3.2, Fig. 3 and 5):
                     h = h + alpha_1 Attention(adaLN_1(h)); h = h + alpha_2 MLP(adaLN_2(h)); every block starts as the
                     identity (the paper's best, and DiT's default)
 
-Initialisation is the reference code's: Xavier-uniform linear layers, the patch embedding as a linear layer, N(0,
-0.02) for the label table and the timestep MLP, zero for every adaLN regressor (so alpha = 0 for adaLN-Zero) and for
-the final linear layer, so that a fresh DiT predicts 0. Patch sizes that do not divide the side (28 with p = 8) are
-handled by padding the input with zeros to the next multiple and cropping the output back.
+Initialisation follows the reference code: Xavier-uniform linear layers, the patch embedding as a linear layer,
+N(0, 0.02) for the label table and the timestep MLP, zero for every adaLN regressor (so alpha = 0 for adaLN-Zero) and
+for the final linear layer, so that a fresh DiT predicts 0. One difference: the reference's attention has one fused
+(d, 3d) qkv layer, ours a query layer and a (d, 2d) key-value layer (so that cross-attention can share the module), and
+Xavier's bound follows each layer's fan, so the initial q is sqrt(2) and k, v about 1.15 times as wide. Patch sizes
+that do not divide the side (28 with p = 8) are handled by padding the input with zeros to the next multiple and
+cropping the output back.
 
 This file imports only torch and the Hub mixin: copy it out as it is.
 """
