@@ -23,9 +23,9 @@ Initialisation follows the reference code: Xavier-uniform linear layers, the pat
 N(0, 0.02) for the label table and the timestep MLP, zero for every adaLN regressor (so alpha = 0 for adaLN-Zero) and
 for the final linear layer, so that a fresh DiT predicts 0. One difference: the reference's attention has one fused
 (d, 3d) qkv layer, ours a query layer and a (d, 2d) key-value layer (so that cross-attention can share the module), and
-Xavier's bound follows each layer's fan, so the initial q is sqrt(2) and k, v about 1.15 times as wide. Patch sizes
-that do not divide the side (28 with p = 8) are handled by padding the input with zeros to the next multiple and
-cropping the output back.
+Xavier's bound follows each layer's fan, so the initial q's bound is sqrt(2) times the reference's and k's and v's
+about 1.15 times. Patch sizes that do not divide the side (28 with p = 8) are handled by padding the input with
+zeros to the next multiple and cropping the output back.
 
 This file imports only torch and the Hub mixin: copy it out as it is.
 """

@@ -60,12 +60,9 @@ def consistency_network_of(network: torch.nn.Module) -> Any:
 
 
 def trigflow_network_of(network: torch.nn.Module) -> Any:
-    """07's U-Net as TrigFlow's F(x_t / sigma_d, t, labels), t in [0, pi / 2] fed as it is (sCM's c_noise(t) = t)."""
-
-    def inner(x: Tensor, t: Tensor, labels: Any = None) -> Tensor:
-        return network(x, t, labels)
-
-    return inner
+    """07's U-Net as TrigFlow's F(x_t / sigma_d, t, labels): the network itself, t in [0, pi / 2] being its timestep
+    as it is (sCM's c_noise(t) = t)."""
+    return network
 
 
 def consistency_function_of(network: torch.nn.Module, method: str, sigma_min: float) -> Any:
