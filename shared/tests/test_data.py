@@ -22,6 +22,7 @@ from genlab.core.data import (
     load_dataset,
     load_text,
     synthetic_shapes,
+    with_mirror_images,
 )
 from genlab.core.errors import GenlabError
 
@@ -367,6 +368,17 @@ def test_float_data_passes_through_the_batch_stream() -> None:
     batch = BatchStream(data, 8, seed=0).next()
     assert batch.images.dtype == torch.float32 and batch.images.shape == (8, 2, 1, 1)
     assert any(torch.equal(image, point) for image in batch.images[:1] for point in points)
+
+
+def test_mirror_images_double_the_split_with_each_image_flipped_left_to_right() -> None:
+    images = torch.arange(2 * 1 * 2 * 3, dtype=torch.uint8).reshape(2, 1, 2, 3)
+    data = ImageDataset("toy", "train", images, torch.tensor([4, 7]), ["a", "b"], None, "unit")
+    doubled = with_mirror_images(data)
+    assert len(doubled) == 4 and doubled.labels.tolist() == [4, 7, 4, 7] and doubled.captions == ["a", "b", "a", "b"]
+    assert torch.equal(doubled.images[:2], images)
+    assert doubled.images[2, 0].tolist() == [[2, 1, 0], [5, 4, 3]]  # columns reversed, rows kept
+    assert torch.equal(with_mirror_images(ImageDataset("toy", "train", images, None, None, None, "unit")).images,
+                       doubled.images)  # fmt: skip
 
 
 # ---- token sequences: text windows and token grids ----

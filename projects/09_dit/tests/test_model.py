@@ -107,6 +107,13 @@ def test_a_side_the_patch_does_not_divide_is_padded_and_cropped() -> None:
     assert out.shape == (2, 2, 28, 28)
 
 
+@pytest.mark.parametrize("side", [24, 32])
+def test_an_input_of_another_size_is_refused_not_cropped(side: int) -> None:
+    model = tiny(image_size=28, patch_size=8, image_channels=1)
+    with pytest.raises(ValueError, match=f"28x28 inputs was given {side}x{side}"):
+        model(torch.randn(1, 1, side, side), torch.tensor([5.0]))
+
+
 def test_guidance_is_07s_classifier_free_guidance_on_the_eps_channels() -> None:
     """CFG's eq. 6 on every one of a 4-channel latent's eps channels; the learned variance is the conditional's."""
     model = perturb(tiny(image_channels=4))

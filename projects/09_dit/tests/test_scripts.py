@@ -35,6 +35,18 @@ def test_train_then_sample_with_guidance(tmp_path: Path, design: str) -> None:
     assert info["function_evaluations_per_sample"] == 6  # guidance: two evaluations per step
 
 
+def test_hflip_trains_on_the_split_and_its_mirror_images(tmp_path: Path) -> None:
+    """DiT's augmentation (in its paper preset): the same steps cover half as much of an epoch of the doubled split."""
+    epochs = {}
+    for flags in ([], ["--hflip"]):
+        run = tmp_path / ("flipped" if flags else "plain")
+        dit_train.main([*TINY, "--steps", "2", *flags, "--run-dir", str(run)])
+        assert json.loads((run / "config.json").read_text())["config"]["hflip"] is bool(flags)
+        logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        epochs[bool(flags)] = [entry["epoch"] for entry in logged if "epoch" in entry][-1]
+    assert epochs[True] == pytest.approx(epochs[False] / 2, rel=0.05)
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--size", "M/2"], "unknown DiT size"),
     (["--size", "S/x"], "unknown DiT size"),

@@ -137,6 +137,23 @@ def test_meanflow_and_ot_runs_train_and_sample(tmp_path: Path, user_error: Calla
     assert json.loads((ot / "results.json").read_text())["step"] == 2
 
 
+def test_meanflow_time_scale_is_trained_with_and_sampled_with(tmp_path: Path, user_error: Callable) -> None:
+    """--meanflow-time-scale k feeds k s and k (t - s) to the embeddings; fm-sample rebuilds the network with it."""
+    run = tmp_path / "meanflow-k1"
+    fm_train.main([*TINY, "--steps", "2", "--objective", "meanflow", "--meanflow-time-scale", "1", "--run-dir",
+                   str(run)])  # fmt: skip
+    opened, kind = fm_sample.open_any_run(fm_sample.FlowSampleConfig(run=str(run), device="cpu"))
+    assert kind == "meanflow" and opened.model.time_scale == 1.0
+    z, s, t = torch.randn(2, 1, 28, 28), torch.tensor([0.2, 0.4]), torch.tensor([0.7, 0.9])
+    with torch.no_grad():
+        at_one = opened.model(z, s, t)
+        opened.model.time_scale = 1000.0
+        assert not torch.allclose(at_one, opened.model(z, s, t))
+    err = user_error(fm_train.main, [*TINY, "--objective", "meanflow", "--meanflow-time-scale", "0", "--run-dir",
+                                     str(tmp_path / "refused")])  # fmt: skip
+    assert "--meanflow-time-scale" in err and not (tmp_path / "refused").exists()
+
+
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("teacher") / "ddpm"

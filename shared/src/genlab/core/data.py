@@ -407,6 +407,17 @@ def load_dataset(
                         captions, classes, value_range)  # fmt: skip
 
 
+def with_mirror_images(data: ImageDataset) -> ImageDataset:
+    """The data set followed by every image mirrored left to right, labels and captions repeated: horizontal-flip
+    augmentation as a fixed doubling of the split, so that it also reaches a model trained on a frozen first stage's
+    latents (which are not flipped by flipping the latent). Uniform draws from the doubled set see each image flipped
+    with probability 1/2, as a random flip per draw would."""
+    labels = None if data.labels is None else data.labels.repeat(2)
+    captions = None if data.captions is None else data.captions * 2
+    images = torch.cat([data.images, data.images.flip(-1)])  # (2N, C, H, W)
+    return ImageDataset(data.name, data.split, images, labels, captions, data.class_names, data.value_range)
+
+
 class BatchStream:
     """An endless, exactly resumable stream of batches drawn from an in-memory data set on its device.
 

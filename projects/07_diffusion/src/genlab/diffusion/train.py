@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from genlab.core.checkpoint import read_run_info, resolve_device
 from genlab.core.config import option
-from genlab.core.data import ImageDataset, iterate_batches, load_dataset
+from genlab.core.data import ImageDataset, iterate_batches, load_dataset, with_mirror_images
 from genlab.core.errors import GenlabError
 from genlab.core.harness import console_script, require_at_least, write_results
 from genlab.core.trainer import TrainConfig, Trainer
@@ -58,6 +58,7 @@ class DiffusionConfig(TrainConfig):
     weighting: Literal["simple", "elbo", "sigmoid"] = option("simple", "loss weighting over log-SNR (objective.py)")
     sigmoid_bias: float = option(2.0, "b of the sigmoid weighting w(lambda) = sigmoid(b - lambda)")
     learned_variance: bool = option(False, "also learn the reverse variance (Improved DDPM's hybrid loss)")
+    hflip: bool = option(False, "also train on every training image mirrored left to right (horizontal flips)")
     vlb_weight: float = option(0.001, "lambda of the hybrid loss L_simple + lambda L_vlb")
     class_conditional: bool = option(
         True,
@@ -223,6 +224,8 @@ def train(config: DiffusionConfig, build: NetworkBuilder = build_network, projec
     """Train as ``config`` says; returns the last logged values and the final test measurements. ``build`` makes the
     network (07's U-Net or classifier by default; 09 passes its DiT) and ``project`` names the runs."""
     train_data, test_data = load_split(config, "train"), load_split(config, "test")
+    if config.hflip:  # before any first stage: DiT encodes flipped images
+        train_data = with_mirror_images(train_data)
     schedule = schedule_of(config)
     first_stage, latent_shape = None, None
     if config.first_stage:

@@ -287,6 +287,8 @@ class DiT(nn.Module, PyTorchModelHubMixin):
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         config = self.config
         B, _, H, W = x.shape
+        if x.shape[-2:] != (config.image_size,) * 2:  # else F.pad below would silently crop a larger input
+            raise ValueError(f"DiT for {config.image_size}x{config.image_size} inputs was given {H}x{W}")
         side = config.grid_size * config.patch_size
         if side != H:  # pad to a multiple of the patch size; cropped again below
             x = F.pad(x, (0, side - W, 0, side - H))

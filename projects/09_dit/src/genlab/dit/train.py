@@ -48,10 +48,11 @@ class DiTTrainConfig(DiffusionConfig):
 
 
 # DiT's recipe (Sec. 4, "Training"): AdamW at a constant 1e-4 with no weight decay (so Adam, as 07 trains), batch
-# 256, EMA 0.9999, no warm-up and no gradient clipping, the linear schedule with T = 1000 and learned sigma, label
-# dropout 0.1 for CFG; XL/2 for 7M steps on 256x256 ImageNet latents (32x32x4 of Stable Diffusion's VAE).
+# 256, EMA 0.9999, no warm-up and no gradient clipping, horizontal flips the only augmentation, the linear schedule
+# with T = 1000 and learned sigma, label dropout 0.1 for CFG; XL/2 for 7M steps on 256x256 ImageNet latents (32x32x4
+# of Stable Diffusion's VAE).
 PRESETS = {"paper": {"size": "XL/2", "batch_size": 256, "lr": 1e-4, "lr_schedule": "constant", "warmup_steps": 0,
-                     "grad_clip": 0.0, "ema_decay": 0.9999, "ema_warmup": False, "label_dropout": 0.1,
+                     "grad_clip": 0.0, "ema_decay": 0.9999, "ema_warmup": False, "label_dropout": 0.1, "hflip": True,
                      "learned_variance": True, "steps": 7_000_000, "checkpoint_every": 50_000,
                      "sample_every": 50_000, "eval_every": 50_000, "log_every": 1_000}}  # fmt: skip
 

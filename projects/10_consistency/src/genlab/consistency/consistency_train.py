@@ -81,7 +81,7 @@ class ConsistencyTrainConfig(TrainConfig):
     dropout: float = option(0.0, "U-Net dropout (the online and target passes draw different masks)")
     class_conditional: bool = option(True, "ct / ict / sct: condition on the label (cd / scd follow the teacher)")
     levels: int = option(18, "cd: N, the levels of the noise grid (the paper's CIFAR-10 value)")
-    target_ema: float = option(0.95, "cd: mu, the target network's EMA decay")
+    target_ema: float = option(0.95, "cd: mu, the target's EMA decay (ImageNet 64's; CIFAR-10's code: 0)")
     initial_levels: int = option(0, "ct / ict: s0 of N(k) (0: the method's, 2 for ct and 10 for ict)")
     final_levels: int = option(0, "ct / ict: s1 of N(k) (0: the method's, 150 for ct and 1280 for ict)")
     ct_mu0: float = option(0.9, "ct: mu0 of the target's EMA decay mu(k) = exp(s0 log mu0 / N(k))")

@@ -2,7 +2,7 @@
 consistency models' F(x, sigma) and sCM's TrigFlow F(x / sigma_d, t). Only the way time enters changes.
 
     v(x, t)          = U(x, 1000 t)                                  rectified flow, t in [0, 1]
-    u(z, s, t)       = U(z, 1000 s; + e(1000 (t - s)))               MeanFlow: a second embedding of the interval
+    u(z, s, t)       = U(z, k s; + e(k (t - s))), k = 1000           MeanFlow: a second embedding of the interval
     F(x, sigma)      = U(x, 1000 * 0.25 log sigma)                   consistency models: EDM's c_noise, scaled
     F(x / s_d, t)    = U(x / s_d, t)                                 TrigFlow, t in [0, pi / 2]: c_noise(t) = t
 
@@ -37,16 +37,19 @@ def velocity_of(network: torch.nn.Module) -> Any:
 
 class IntervalUNet(UNet):
     """07's U-Net with a second time embedding, of the interval length t - s, added to that of the start s: the
-    network of MeanFlow's u(z_s, s, t) (the paper conditions on two times the same way, by summed embeddings)."""
+    network of MeanFlow's u(z_s, s, t) (the paper conditions on two times the same way, by summed embeddings).
+    ``time_scale`` multiplies both times before their embeddings; MeanFlow's target carries d_s u, which a large
+    scale makes steep (the paper's PyTorch code feeds t in [0, 1] itself, sCM argues against 1000 t)."""
 
-    def __init__(self, config: UNetConfig | dict) -> None:
+    def __init__(self, config: UNetConfig | dict, time_scale: float = TIME_SCALE) -> None:
         super().__init__(config)
+        self.time_scale = time_scale
         self.interval_embed = TimestepEmbedding(self.config.base_channels, self.config.time_dim)
 
     def forward(self, z: Tensor, s: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """z (B, C, H, W) at time s (B,), the interval's end t (B,) -> the average velocity (B, C, H, W)."""
-        interval = self.interval_embed(TIME_SCALE * (t - s))  # (B, 4C)
-        return super().forward(z, TIME_SCALE * s, class_labels, extra_embedding=interval)
+        interval = self.interval_embed(self.time_scale * (t - s))  # (B, 4C)
+        return super().forward(z, self.time_scale * s, class_labels, extra_embedding=interval)
 
 
 def consistency_network_of(network: torch.nn.Module) -> Any:

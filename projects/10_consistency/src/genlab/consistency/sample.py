@@ -24,7 +24,7 @@ from genlab.consistency import consistency_train
 from genlab.consistency.consistency import multistep_sample, sampling_levels
 from genlab.consistency.flow import straightness
 from genlab.consistency.meanflow import meanflow_sample
-from genlab.consistency.networks import IntervalUNet, consistency_function_of, velocity_of
+from genlab.consistency.networks import TIME_SCALE, IntervalUNet, consistency_function_of, velocity_of
 from genlab.consistency.samplers import FlowSampler
 from genlab.consistency.train import PROJECT
 from genlab.core.checkpoint import read_run_info, resolve_checkpoint
@@ -72,6 +72,8 @@ def open_any_run(config: FlowSampleConfig) -> tuple[OpenedRun, str]:
     else:
         kind = "meanflow" if info["config"].get("objective") == "meanflow" else "velocity"
         opened = open_run(config, IntervalUNet if kind == "meanflow" else UNet, "unet", PROJECT)
+        if kind == "meanflow":  # the time scale it trained with (runs from before the option: the old 1000)
+            opened.model.time_scale = info["config"].get("meanflow_time_scale", TIME_SCALE)
     if kind != "velocity":
         flow_only = {"--method": config.method != "euler", "--guidance-scale": config.guidance_scale != 1,
                      "--straightness": config.straightness > 0, "--couplings": config.couplings > 0}  # fmt: skip

@@ -55,6 +55,7 @@ class FlowTrainConfig(TrainConfig):
     objective: Literal["velocity", "meanflow"] = option("velocity", "v of the straight path, or MeanFlow's average u")
     meanflow_fraction: float = option(0.25, "meanflow: the fraction of the batch with s != t (the paper: 25%)")
     adaptive_power: float = option(1.0, "meanflow: p of the adaptive loss weight 1 / (||Delta||^2 + c)^p (0: none)")
+    meanflow_time_scale: float = option(1000.0, "meanflow: k of the U-Net's time inputs k s and k (t - s)")
     coupling: Literal["independent", "ot"] = option("independent", "pair noise and data independently or by "
                                                     "exact minibatch optimal transport (couplings.py)")  # fmt: skip
     couplings: str = option("", "a couplings file of fm-sample: train on its (X_0, Z_1) pairs (reflow)")
@@ -89,8 +90,9 @@ class FlowTrainConfig(TrainConfig):
             raise GenlabError("--coupling ot pairs fresh noise with data; --couplings already fixes the pairs")
         if self.objective == "meanflow" and (self.couplings or self.distill):
             raise GenlabError("--objective meanflow trains on data and noise, without --couplings or --distill")
-        if not 0 <= self.meanflow_fraction <= 1 or self.adaptive_power < 0:
-            raise GenlabError("--meanflow-fraction must be in [0, 1] and --adaptive-power at least 0")
+        if not 0 <= self.meanflow_fraction <= 1 or self.adaptive_power < 0 or not self.meanflow_time_scale > 0:
+            raise GenlabError("--meanflow-fraction must be in [0, 1], --adaptive-power at least 0 and "
+                              "--meanflow-time-scale positive")  # fmt: skip
 
 
 def load_couplings(path: str) -> dict[str, torch.Tensor]:
@@ -158,7 +160,8 @@ def train(config: FlowTrainConfig) -> dict[str, float]:
         if vars(start.config) != vars(architecture):
             raise GenlabError(f"--init {config.init}: its U-Net is not the one these flags build ({start.config})")
     trainer = Trainer(config, PROJECT, {"model": architecture})
-    model = network_class(architecture)  # built after the Trainer has seeded torch
+    # built after the Trainer has seeded torch
+    model = IntervalUNet(architecture, config.meanflow_time_scale) if meanflow else UNet(architecture)
     if start is not None:
         model.load_state_dict(start.state_dict())
     network = trainer.add_model("unet", model)
